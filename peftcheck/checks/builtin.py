@@ -1,0 +1,3 @@
+"""Imports every built-in check module so each registers itself."""
+
+from peftcheck.checks import learning, parameters  # noqa: F401

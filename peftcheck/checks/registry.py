@@ -1,0 +1,171 @@
+"""The check registry: named checks, their parameter models, and the Measurement they return."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from peftcheck.errors import SuiteError
+
+if TYPE_CHECKING:
+    from peftcheck.context import CheckContext
+    from peftcheck.spec import LoadedSuite
+
+__all__ = [
+    "CheckParams",
+    "XfailSpec",
+    "Measurement",
+    "NotApplicable",
+    "Check",
+    "CHECKS",
+    "register_check",
+    "get_check",
+    "validate_expectations",
+    "split_params",
+]
+
+Outcome = Literal["passed", "failed", "skipped", "error"]
+
+
+class CheckParams(BaseModel):
+    """Base of every check's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class XfailSpec(BaseModel):
+    """A known failure: the check is expected to fail (strictly) while `when` holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(description="Why it fails: the upstream bug, with a link or issue number.")
+    when: dict[str, str] = Field(
+        default_factory=dict,
+        description="Package -> version specifier (e.g. peft: '>=0.21,<0.22'); all must hold.",
+    )
+    strict: bool = Field(True, description="An unexpected pass fails the item.")
+
+
+@dataclasses.dataclass
+class Measurement:
+    """What one check measured: the value, the bound it was held to, and whether it held."""
+
+    passed: bool
+    value: float | None
+    bound: str | None
+    message: str
+    unit: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class NotApplicable(Exception):
+    """Raised by a check that does not apply to a method; the item is skipped with the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A registered check: a name, a parameter model and a function over a CheckContext."""
+
+    name: str
+    params: type[CheckParams]
+    func: Callable[["CheckContext", Any], Measurement]
+    description: str
+    needs_training: bool = True
+
+    def run(self, ctx: "CheckContext", params: CheckParams) -> Measurement:
+        return self.func(ctx, params)
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def register_check(
+    name: str, *, params: type[CheckParams] = CheckParams, needs_training: bool = True
+) -> Callable[[Callable[..., Measurement]], Callable[..., Measurement]]:
+    """Register ``func(ctx, params) -> Measurement`` under ``name``."""
+    if not name.isidentifier():
+        raise ValueError(f"check name {name!r} must be an identifier")
+
+    def decorate(func: Callable[..., Measurement]) -> Callable[..., Measurement]:
+        if name in CHECKS and CHECKS[name].func is not func:
+            raise ValueError(f"check {name!r} is already registered by {CHECKS[name].func!r}")
+        doc = (func.__doc__ or "").strip().splitlines()
+        CHECKS[name] = Check(name, params, func, doc[0] if doc else "", needs_training)
+        return func
+
+    return decorate
+
+
+def _reset() -> dict[str, Check]:
+    """Empty the registry (tests only); returns what was there so it can be restored."""
+    saved = dict(CHECKS)
+    CHECKS.clear()
+    return saved
+
+
+def get_check(name: str) -> Check:
+    _load_builtin_checks()
+    try:
+        return CHECKS[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, CHECKS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known checks: {', '.join(sorted(CHECKS))}"
+        raise SuiteError(f"unknown check {name!r}", hint=hint) from None
+
+
+def split_params(raw: dict[str, Any]) -> tuple[dict[str, Any], XfailSpec | None]:
+    """Separate the common `xfail` key from a check's own parameters."""
+    raw = dict(raw)
+    xfail = raw.pop("xfail", None)
+    if xfail is None:
+        return raw, None
+    if isinstance(xfail, str):
+        xfail = {"reason": xfail}
+    return raw, XfailSpec.model_validate(xfail)
+
+
+def parse_params(check: Check, raw: dict[str, Any]) -> tuple[CheckParams, XfailSpec | None]:
+    own, xfail = split_params(raw)
+    return check.params.model_validate(own), xfail
+
+
+def validate_expectations(loaded: "LoadedSuite") -> None:
+    """Every check named by the suite exists and its parameters validate."""
+    spec = loaded.spec
+    places = [("expect",), *(("methods", m, "expect") for m in spec.methods)]
+    for place in places:
+        source = spec.expect if len(place) == 1 else spec.methods[place[1]].expect
+        for name, raw in source.items():
+            field = ".".join((*place, name))
+            line = loaded.line_of(*place, name)
+            try:
+                check = get_check(name)
+            except SuiteError as exc:
+                raise SuiteError(exc.message, file=loaded.path, line=line, field=field, hint=exc.hint) from None
+            if not isinstance(raw, dict):
+                continue
+            try:
+                parse_params(check, raw)
+            except ValidationError as exc:
+                item = exc.errors()[0]
+                sub = ".".join(str(p) for p in item["loc"])
+                message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+                if "input" in item and item["type"] not in ("extra_forbidden", "missing"):
+                    message = f"got {item['input']!r}, {message}"
+                fields = CHECKS[name].params.model_fields
+                raise SuiteError(
+                    message,
+                    file=loaded.path,
+                    line=loaded.line_of(*place, name, *item["loc"]) or line,
+                    field=f"{field}.{sub}" if sub else field,
+                    hint=f"{name} accepts: {', '.join([*fields, 'xfail']) or 'xfail'}",
+                ) from None
+
+
+def _load_builtin_checks() -> None:
+    import peftcheck.checks.builtin  # noqa: F401  (each module registers its checks on import)

@@ -1,0 +1,301 @@
+"""Pydantic models of a suite file, and loading YAML with file- and line-located errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from peftcheck.errors import SuiteError
+
+__all__ = [
+    "DataSpec",
+    "TrainSpec",
+    "MethodSpec",
+    "SuiteSpec",
+    "LoadedSuite",
+    "load_suite",
+    "load_suite_text",
+    "json_schema",
+]
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# datasets' split syntax: name, optionally one slice with absolute or percent bounds.
+_SPLIT = re.compile(r"^[A-Za-z_][\w.-]*(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+Quantization = Literal["none", "int8", "nf4", "fp4"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+# An expectation: a check's parameters, `{}`/null for its defaults, or false to turn it off.
+Expectations = dict[str, dict[str, Any] | bool | None]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """Which text the methods train and are evaluated on."""
+
+    dataset: str = Field(description="Local file or folder, built-in fixture name, or hub id.")
+    split: str = Field("train[:256]", description="Training split in datasets' slice syntax.")
+    eval_split: str | None = Field(
+        None, description="Held-out split for perplexity; should not overlap `split`."
+    )
+    text_field: str = Field("text", description="Column holding the text to train on.")
+    max_length: int = Field(64, ge=8, le=8192, description="Tokens per example after truncation.")
+    unrelated: str | None = Field(
+        None,
+        description="Dataset of text unrelated to the training slice, for the forgetting check.",
+    )
+    unrelated_split: str = Field("train[:64]", description="Split of `unrelated` to evaluate.")
+    unrelated_text_field: str = Field("text", description="Column of `unrelated` holding text.")
+
+    @field_validator("split", "eval_split", "unrelated_split")
+    @classmethod
+    def _split_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not _SPLIT.match(value.replace(" ", "")):
+            raise ValueError(
+                f"got {value!r}, not a datasets split such as 'train', 'train[:256]', "
+                "'train[-64:]' or 'train[10%:20%]'"
+            )
+        return value
+
+
+class TrainSpec(BaseModel):
+    """A subset of transformers.TrainingArguments; other TrainingArguments names are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_steps: int = Field(30, ge=1, description="Optimizer steps per method.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Examples per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
+    seed: int = Field(0, description="Seed for data order, dropout and adapter initialisation.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler_type: str = Field("constant", description="Learning-rate schedule name.")
+
+    @model_validator(mode="after")
+    def _known_training_arguments(self) -> "TrainSpec":
+        extra = set(self.model_extra or {})
+        if not extra:
+            return self
+        try:  # transformers is heavy: only consulted when a suite uses extra names
+            import dataclasses
+
+            from transformers import TrainingArguments
+        except ImportError:  # pragma: no cover - the ML extra is missing
+            return self
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        unknown = sorted(extra - known)
+        if unknown:
+            raise ValueError(f"unknown TrainingArguments name(s) {unknown}")
+        return self
+
+
+class MethodSpec(BaseModel):
+    """One PEFT method: a peft config class by name plus its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    peft: str | None = Field(
+        None, description="peft config class name, e.g. LoraConfig (backend peft)."
+    )
+    backend: Literal["peft", "adapters"] = Field(
+        "peft", description="Which library builds the adapter."
+    )
+    config: str | None = Field(
+        None, description="Adapter config name for backend 'adapters' (e.g. seq_bn, double_seq_bn)."
+    )
+    quantization: Quantization = Field("none", description="bitsandbytes quantization of the base.")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Per-method overrides of the suite's `train`."
+    )
+    expect: Expectations = Field(
+        default_factory=dict, description="Per-method overrides of the suite's `expect`."
+    )
+    markers: list[str] = Field(default_factory=list, description="Extra pytest markers.")
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> "MethodSpec":
+        if self.backend == "peft" and not self.peft:
+            raise ValueError("a peft method needs `peft: <ConfigClassName>`, e.g. peft: LoraConfig")
+        if self.backend == "adapters" and not self.config:
+            raise ValueError("an adapters method needs `config:`, e.g. config: seq_bn")
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The config class's own keyword arguments (everything not a peftcheck field)."""
+        return dict(self.model_extra or {})
+
+
+class SuiteSpec(_Strict):
+    """A whole suite file."""
+
+    suite: str = Field(pattern=_ID, description="Suite id, used in test ids and records.")
+    description: str = Field("", description="What the suite shows.")
+    model: str = Field(
+        description="Built-in model (smollm2-135m, tiny-opt, tiny-llama), local path or hub id."
+    )
+    dtype: Dtype = Field("float32", description="Dtype the base model is loaded in.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    trust_remote_code: bool = Field(False, description="Passed to transformers; off by default.")
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    methods: dict[str, MethodSpec] = Field(min_length=1, description="Method name -> method.")
+    expect: Expectations = Field(
+        default_factory=dict, description="Check name -> bounds, for every method."
+    )
+    markers: list[str] = Field(default_factory=list, description="pytest markers for every item.")
+
+    @field_validator("methods")
+    @classmethod
+    def _method_ids(cls, value: dict[str, MethodSpec]) -> dict[str, MethodSpec]:
+        for name in value:
+            if not re.match(_ID, name):
+                raise ValueError(f"method name {name!r} must match {_ID}")
+        return value
+
+    @field_validator("markers")
+    @classmethod
+    def _marker_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"marker {name!r} is not a Python identifier")
+        return value
+
+    def expectations(self, method: str) -> dict[str, dict[str, Any]]:
+        """The checks of one method: suite defaults, overridden per check by the method."""
+        merged: dict[str, dict[str, Any]] = {}
+        for source in (self.expect, self.methods[method].expect):
+            for check, params in source.items():
+                if params is False:
+                    merged.pop(check, None)
+                elif params is True or params is None:
+                    merged[check] = {}
+                else:
+                    merged[check] = dict(params)
+        return merged
+
+    def train_args(self, method: str) -> dict[str, Any]:
+        """The suite's training arguments with the method's overrides applied."""
+        args = self.train.model_dump()
+        args.update(self.methods[method].train)
+        return args
+
+
+class LoadedSuite(BaseModel):
+    """A validated suite with where it came from, for error messages and test locations."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    spec: SuiteSpec
+    path: str
+    lines: dict[str, int] = Field(default_factory=dict, description="Dotted field -> YAML line.")
+
+    def line_of(self, *parts: str | int) -> int | None:
+        """Line of the deepest existing field along a path like ('methods', 'lora', 'r')."""
+        for end in range(len(parts), 0, -1):
+            key = ".".join(str(p) for p in parts[:end])
+            if key in self.lines:
+                return self.lines[key]
+        return None
+
+    @property
+    def fingerprint_source(self) -> str:
+        return json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+
+
+def _line_map(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            _line_map(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix}.{index}"
+            out[key] = item.start_mark.line + 1
+            _line_map(item, key, out)
+    return out
+
+
+def _first_error(error: ValidationError) -> tuple[tuple[str | int, ...], str]:
+    item = error.errors()[0]
+    loc = tuple(p for p in item["loc"] if p not in ("function-after", "function-before"))
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("dict[", "bool"))))
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif item["type"] == "missing":
+        message = "required key is missing"
+    elif "input" in item and item["type"] not in ("value_error",):
+        message = f"got {item['input']!r}, {message[0].lower()}{message[1:]}"
+    return loc, message
+
+
+def _hint_for(loc: tuple[str | int, ...], message: str) -> str | None:
+    if message == "unknown key":
+        return "run `peftcheck schema` for every key a suite accepts"
+    return None
+
+
+def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
+    """Parse and validate a suite from YAML text; every failure is a located SuiteError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SuiteError(f"invalid YAML: {problem}", file=path, line=line) from None
+    if not isinstance(data, dict):
+        raise SuiteError(
+            f"a suite is a mapping with keys suite, model, data, methods; got {type(data).__name__}",
+            file=path,
+            line=1,
+        )
+    lines = _line_map(node) if node is not None else {}
+    try:
+        spec = SuiteSpec.model_validate(data)
+    except ValidationError as exc:
+        loc, message = _first_error(exc)
+        field = ".".join(str(p) for p in loc) or None
+        line = None
+        for end in range(len(loc), 0, -1):
+            line = lines.get(".".join(str(p) for p in loc[:end]))
+            if line:
+                break
+        raise SuiteError(
+            message, file=path, line=line, field=field, hint=_hint_for(loc, message)
+        ) from None
+    loaded = LoadedSuite(spec=spec, path=path, lines=lines)
+    from peftcheck.checks import validate_expectations  # checks import no torch
+
+    validate_expectations(loaded)
+    return loaded
+
+
+def load_suite(path: str | Path) -> LoadedSuite:
+    """Read one suite file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite: {exc.strerror}", file=str(path)) from None
+    return load_suite_text(text, path=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a suite file, for editors."""
+    schema = SuiteSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "peftcheck suite"
+    return schema
