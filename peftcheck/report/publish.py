@@ -1,0 +1,85 @@
+"""From results files to the report, the summary and baseline updates, in that order."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from peftcheck.baseline import BaselineStore, UpdateMode, UpdateNote, collect_entries
+from peftcheck.report.html import write_html
+from peftcheck.report.markdown import write_markdown
+from peftcheck.report.model import Report, build_report
+
+__all__ = ["Published", "publish"]
+
+Run = tuple[str, Sequence[Mapping[str, Any]]]
+MAX_LINES = 10  # regressions named in the terminal; the report has all of them
+
+
+@dataclasses.dataclass
+class Published:
+    """What a publish wrote, and the lines that tell the user about it."""
+
+    report: Report
+    html: Path | None
+    summary: Path | None
+    updates: list[UpdateNote]
+
+    def lines(self) -> list[str]:
+        report = self.report
+        lines = []
+        if report.baseline_root is not None:
+            counts: dict[str, int] = {}
+            for suite in report.suites:
+                for method in suite.methods:
+                    for c in method.metrics:
+                        counts[c.status] = counts.get(c.status, 0) + 1
+            words = {"regressed": "regressed", "improved": "improved", "changed": "changed",
+                     "unchanged": "unchanged", "new": "without a baseline value"}
+            shown = ", ".join(f"{counts[s]} {w}" for s, w in words.items() if counts.get(s))
+            lines.append(f"baseline {report.baseline_root}: {shown or 'no metrics compared'}")
+            for suite in report.suites:
+                if suite.baseline is None:
+                    lines.append(f"  {suite.title}: no baseline yet")
+                elif not suite.baseline.exact:
+                    lines.append(f"  {suite.title}: {suite.baseline.note}")
+        for problem in report.regressions[:MAX_LINES]:
+            lines.append(f"REGRESSION {problem.suite}::{problem.method}::{problem.what}: {problem.text.splitlines()[0]}")
+        if len(report.regressions) > MAX_LINES:
+            lines.append(f"...and {len(report.regressions) - MAX_LINES} more regression(s) in the report")
+        if self.html:
+            lines.append(f"report: {self.html}")
+        if self.summary:
+            lines.append(f"summary: {self.summary}")
+        lines += [f"baseline update: {note}" for note in self.updates]
+        if report.suites:
+            lines.append(report.hint)
+        return lines
+
+
+def publish(
+    runs: Sequence[Run],
+    *,
+    html: Path | None = None,
+    summary: Path | None = None,
+    baseline: Path | None = None,
+    update: UpdateMode | None = None,
+) -> Published:
+    """Compare the runs with the baseline store, write the report files, then update the store.
+
+    The comparison comes first so that a report written with ``update`` still shows what changed
+    against the baselines that were there before.
+    """
+    store = BaselineStore(baseline) if baseline is not None else None
+    report = build_report(runs, store=store)
+    notes: list[UpdateNote] = []
+    if store is not None and update is not None:
+        notes = store.update(collect_entries(r for _, records in runs for r in records), update)
+    report.updates = notes
+    if html is not None:
+        write_html(report, html)
+    if summary is not None:
+        write_markdown(report, summary, html_path=str(html) if html else None)
+    return Published(report, html, summary, notes)

@@ -1,0 +1,158 @@
+"""The HTML report (peftcheck.report.html): self-contained, escaped, complete, quick."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from markupsafe import escape
+
+from peftcheck.baseline import BaselineStore, collect_entries
+from peftcheck.record import read_records
+from peftcheck.report import build_report
+from peftcheck.report.html import render_html, write_html
+
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "results"
+
+
+def records(name: str) -> list[dict[str, Any]]:
+    return read_records(FIXTURES / f"{name}.jsonl")
+
+
+def many(base: list[dict[str, Any]], copies: int) -> list[dict[str, Any]]:
+    """The fixture's suites repeated under new names: hundreds of items."""
+    out = [r for r in base if r["kind"] == "session"]
+    for i in range(copies):
+        out += [{**r, "suite": f"{r['suite']}-{i}"} for r in base if r["kind"] in ("method", "check")]
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BaselineStore:
+    store = BaselineStore(tmp_path / "baselines")
+    store.update(collect_entries(records("baseline")), "missing")
+    return store
+
+
+@pytest.fixture
+def page(store: BaselineStore) -> str:
+    return render_html(build_report([("regressed.jsonl", records("regressed"))], store=store))
+
+
+class Tags(HTMLParser):
+    """Every start tag and every attribute name of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: set[str] = set()
+        self.script_text: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes |= {name for name, _ in attrs}
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.script_text.append(data)
+
+
+def parse(page: str) -> Tags:
+    tags = Tags()
+    tags.feed(page)
+    return tags
+
+
+def test_text_from_models_datasets_and_suites_is_escaped(page: str) -> None:
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+    assert "<img src=x" not in page
+    parsed = parse(page)
+    assert parsed.tags.count("script") == 1 and "img" not in parsed.tags
+    assert not any(name.startswith("on") for name in parsed.attributes)
+
+
+def test_the_page_is_self_contained(page: str) -> None:
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", page))
+    assert urls <= {"http://www.w3.org/2000/svg"}
+    parsed = parse(page)
+    assert not {"link", "img", "iframe", "object", "embed"} & set(parsed.tags)
+    assert "src" not in parsed.attributes
+    assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', page))
+    assert "@import" not in page and "url(" not in page
+
+
+def test_the_content_security_policy_allows_only_the_inline_script(page: str) -> None:
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)
+    assert policy is not None and "default-src 'none'" in policy.group(1)
+    script = "".join(parse(page).script_text)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in policy.group(1)
+
+
+def test_the_page_has_every_section(page: str) -> None:
+    for needle in (
+        'id="summary"', 'id="regressions"', 'id="failures"', 'class="matrix"', 'class="diff"',
+        'class="chart loss"', 'class="baseline-line"', 'class="chart bars"', 'class="samples"',
+        'class="provenance"', 'id="environment"', "cpu-torch2.13.0-transformers5.24.0-peft0.21.2-bnbnone",
+    ):
+        assert needle in page, needle
+    summary = page.index('id="summary"')
+    assert summary < page.index('id="regressions"') < page.index('id="failures"') < page.index('class="matrix"')
+    assert page.count('class="status-regressed') == 6
+    assert "<title>peftcheck report — failed, 17 regression(s)</title>" in page
+    assert "synthetic (random weights: not a quality measure)" in page
+
+
+def test_a_rerun_page_says_nothing_regressed(store: BaselineStore) -> None:
+    page = render_html(build_report([("rerun.jsonl", records("rerun"))], store=store))
+    assert 'data-status="passed"' in page and 'id="regressions"' not in page
+    assert 'class="status-regressed' not in page
+
+
+def test_hundreds_of_items_render_quickly_into_a_small_page(store: BaselineStore, tmp_path: Path) -> None:
+    big = many(records("regressed"), 20)
+    report = build_report([("big.jsonl", big)], store=store)
+    assert sum(len(m.cells) for s in report.suites for m in s.methods) >= 400
+    started = time.perf_counter()
+    path = write_html(report, tmp_path / "big.html")
+    assert time.perf_counter() - started < 5  # on two shared CPU cores; about 0.3 s alone
+    assert path.stat().st_size < 3_000_000
+
+
+def test_write_html_leaves_no_temporary_file(page: str, store: BaselineStore, tmp_path: Path) -> None:
+    out = write_html(build_report([("r", records("rerun"))], store=store), tmp_path / "out" / "index.html")
+    assert [p.name for p in out.parent.iterdir()] == ["index.html"]
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_any_text_in_a_sample_or_message_stays_text(text: str) -> None:
+    run = copy.deepcopy(records("regressed"))
+    for record in run:
+        if record["kind"] == "method":
+            record["samples"] = [{"prompt": text, "before": text, "after": text}]
+            record["error"] = text
+            record["model"]["source"] = text
+        elif record["kind"] == "check":
+            record["message"] = text
+            record["bound"] = text
+    page = render_html(build_report([(text, run)]))
+    plain = render_html(build_report([("x", records("regressed"))]))
+    assert sorted(set(parse(page).tags)) == sorted(set(parse(plain).tags))
+    assert parse(page).tags.count("script") == 1
+    if text.strip() and "\r" not in text:
+        assert str(escape(text)) in page

@@ -1,0 +1,72 @@
+"""The Markdown summary (peftcheck.report.markdown): short, problems first, inert text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peftcheck.baseline import BaselineStore, collect_entries
+from peftcheck.record import read_records
+from peftcheck.report import build_report
+from peftcheck.report.markdown import MAX_ROWS, md_text, render_markdown
+
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "results"
+GITHUB_COMMENT_LIMIT = 65_536
+
+
+def records(name: str) -> list[dict[str, Any]]:
+    return read_records(FIXTURES / f"{name}.jsonl")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BaselineStore:
+    store = BaselineStore(tmp_path / "baselines")
+    store.update(collect_entries(records("baseline")), "missing")
+    return store
+
+
+def test_the_regressed_summary_leads_with_regressions(store: BaselineStore) -> None:
+    text = render_markdown(build_report([("r", records("regressed"))], store=store), html_path="reports/index.html")
+    assert text.startswith("### ❌ peftcheck: failed — 17 regression(s), 4 other failing item(s)\n")
+    assert text.index("#### Regressions against the baseline") < text.index("#### Failing items")
+    assert "| quotes | lora | regression: final_loss | final_loss = 3.434 nats vs baseline 2.95 nats" in text
+    assert f"…and {17 - MAX_ROWS} more in the HTML report." in text
+    assert text.rstrip().endswith("Full report: reports/index.html")
+
+
+def test_the_rerun_summary_is_one_line_of_news(store: BaselineStore) -> None:
+    text = render_markdown(build_report([("r", records("rerun"))], store=store))
+    assert text.startswith("### ✅ peftcheck: passed\n")
+    assert "Nothing regressed against the baseline." in text
+    assert len(text) < 400
+
+
+def test_model_text_is_inert(store: BaselineStore) -> None:
+    text = render_markdown(build_report([("r", records("regressed"))], store=store))
+    assert "<script>" not in text and "<img" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_hundreds_of_items_still_fit_a_comment(store: BaselineStore) -> None:
+    base = records("regressed")
+    run = [r for r in base if r["kind"] == "session"]
+    for i in range(30):
+        run += [{**r, "suite": f"{r['suite']}-{i}"} for r in base if r["kind"] in ("method", "check")]
+    text = render_markdown(build_report([("big", run)], store=store))
+    assert len(text) < 12_000 < GITHUB_COMMENT_LIMIT
+    assert len(re.findall(r"^\| (quotes|tiny)-", text, re.M)) == MAX_ROWS  # these suites have no baseline
+    assert "no baseline yet for 60 suite run(s): quotes-0, tiny-0, quotes-1, tiny-1, quotes-2, …" in text
+    assert f"…and {420 - MAX_ROWS} more in the HTML report." in text
+
+
+@given(st.text())
+def test_md_text_breaks_no_table_and_opens_no_tag(value: str) -> None:
+    text = md_text(value)
+    assert "\n" not in text and "<" not in text
+    assert "|" not in text.replace("\\|", "")
+    assert len(text) <= 2 * 180
