@@ -1,0 +1,7 @@
+"""python -m peftcheck"""
+
+import sys
+
+from peftcheck.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""The pipeline's caches: one base model per (model, dtype, quantization, device), one trained
+artifact per (suite, method), and the evaluation data per suite."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from peftcheck.errors import PeftcheckError, SuiteError
+from peftcheck.spec import LoadedSuite, MethodSpec
+
+__all__ = ["BaseHandle", "SuiteData", "TrainedArtifact", "Pipeline"]
+
+
+@dataclasses.dataclass
+class BaseHandle:
+    """A loaded base model that is never modified: each method trains on a deep copy."""
+
+    source: Any  # models.ModelSource
+    model: Any
+    tokenizer: Any
+    dtype: str
+    quantization: str
+    device: str
+    load_time_s: float
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SuiteData:
+    train: Any
+    eval: Any | None
+    eval_texts: list[str]
+
+
+@dataclasses.dataclass
+class TrainedArtifact:
+    """One trained method and everything checks read about it."""
+
+    suite: LoadedSuite
+    method: str
+    spec: MethodSpec
+    base: BaseHandle
+    model: Any  # the trained PeftModel (or another backend's model)
+    config: Any
+    data: SuiteData
+    collate: Any
+    train: Any  # train.TrainResult
+    initial_trainable: dict[str, Any]
+    record: dict[str, Any]
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.base.device
+
+
+def fingerprint(suite: LoadedSuite, method: str) -> str:
+    spec = suite.spec
+    payload = {
+        "model": spec.model, "dtype": spec.dtype, "data": spec.data.model_dump(),
+        "train": spec.train_args(method), "method": spec.methods[method].model_dump(),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """Resolve → train → hand out artifacts; shared by the pytest plugin and the CLI."""
+
+    def __init__(
+        self,
+        *,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[str], None] | None = None,
+        max_live: int = 3,
+    ) -> None:
+        self.on_record = on_record or (lambda record: None)
+        self.progress = progress or (lambda line: print(line, file=sys.stderr))
+        self.max_live = max_live
+        self._bases: dict[tuple[str, ...], BaseHandle] = {}
+        self._data: dict[tuple[str, int], SuiteData] = {}
+        self._live: collections.OrderedDict[tuple[str, str], TrainedArtifact] = collections.OrderedDict()
+        self._errors: dict[tuple[str, str], BaseException] = {}
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # -- stages ------------------------------------------------------------------------------
+    def base(self, suite: LoadedSuite, quantization: str) -> BaseHandle:
+        from peftcheck import models
+
+        spec = suite.spec
+        source = models.resolve_model(spec.model, base_dir=Path(suite.path).parent)
+        device = models.pick_device(spec.device)
+        key = (source.path or source.ref, spec.dtype, quantization, device)
+        if key not in self._bases:
+            started = time.perf_counter()
+            model, tokenizer = models.load_base(
+                source, dtype=spec.dtype, quantization=quantization, device=device,
+                trust_remote_code=spec.trust_remote_code,
+            )  # fmt: skip
+            for param in model.parameters():
+                param.requires_grad_(False)
+            self._bases[key] = BaseHandle(
+                source, model, tokenizer, spec.dtype, quantization, device, time.perf_counter() - started
+            )
+        return self._bases[key]
+
+    def data(self, suite: LoadedSuite, tokenizer: Any) -> SuiteData:
+        from peftcheck import data
+
+        key = (suite.path + "::" + suite.spec.suite, id(tokenizer))
+        if key not in self._data:
+            spec, base_dir = suite.spec.data, Path(suite.path).parent
+            raw = data.load_split(spec.dataset, spec.split, base_dir=base_dir)
+            train = data.tokenize(raw, tokenizer, text_field=spec.text_field, max_length=spec.max_length)
+            evaluation, texts = None, []
+            if spec.eval_split:
+                raw_eval = data.load_split(spec.dataset, spec.eval_split, base_dir=base_dir)
+                evaluation = data.tokenize(
+                    raw_eval, tokenizer, text_field=spec.text_field, max_length=spec.max_length
+                )
+                texts = [str(t) for t in raw_eval[spec.text_field][:4]]
+            else:
+                texts = [str(t) for t in raw[spec.text_field][:4]]
+            self._data[key] = SuiteData(train, evaluation, texts)
+        return self._data[key]
+
+    def base_perplexity(self, suite: LoadedSuite, base: BaseHandle) -> float | None:
+        from peftcheck import data as data_mod
+        from peftcheck.measure import perplexity
+
+        suite_data = self.data(suite, base.tokenizer)
+        if suite_data.eval is None:
+            return None
+        key = f"ppl::{suite.spec.data.dataset}::{suite.spec.data.eval_split}::{suite.spec.data.max_length}"
+        if key not in base.memo:
+            collate = data_mod.collator(base.tokenizer)
+            base.memo[key] = perplexity(base.model, suite_data.eval, collate, device=base.device)
+        return base.memo[key]
+
+    def artifact(self, suite: LoadedSuite, method: str) -> TrainedArtifact:
+        """The trained artifact of (suite, method), training it on first use."""
+        key = (suite.path + "::" + suite.spec.suite, method)
+        if key in self._errors:
+            raise self._errors[key]
+        if key in self._live:
+            self._live.move_to_end(key)
+            return self._live[key]
+        try:
+            artifact = self._train(suite, method)
+        except SuiteError as exc:
+            error: BaseException = exc.located(file=suite.path, line=suite.line_of(*(exc.field or "").split(".")))
+            self._fail(suite, method, key, error)
+            raise error from None
+        except Exception as exc:  # documented boundary: one method failing leaves the rest going
+            self._fail(suite, method, key, exc)
+            raise
+        self._live[key] = artifact
+        while len(self._live) > self.max_live:
+            self._live.popitem(last=False)  # deterministic: retrained if asked for again
+        return artifact
+
+    def _fail(self, suite: LoadedSuite, method: str, key: tuple[str, str], exc: BaseException) -> None:
+        self._errors[key] = exc
+        self.progress(f"peftcheck: {suite.spec.suite}/{method} failed: {type(exc).__name__}: {exc}")
+        self._records[key] = {
+            "kind": "method", "suite": suite.spec.suite, "suite_file": suite.path, "method": method,
+            "status": "error", "error": f"{type(exc).__name__}: {exc}",
+        }  # fmt: skip
+
+    def _train(self, suite: LoadedSuite, method: str) -> TrainedArtifact:
+        from transformers import set_seed
+
+        from peftcheck import data as data_mod
+        from peftcheck import methods
+        from peftcheck.measure import perplexity
+        from peftcheck.record import environment
+        from peftcheck.train import train_model
+
+        spec = suite.spec
+        mspec = spec.methods[method]
+        args = spec.train_args(method)
+        config = methods.build_config(mspec, name=method, max_steps=int(args["max_steps"]))
+        base = self.base(suite, mspec.quantization)
+        suite_data = self.data(suite, base.tokenizer)
+        collate = data_mod.collator(base.tokenizer)
+        self.progress(
+            f"peftcheck: training {spec.suite}/{method} ({type(config).__name__}, "
+            f"{mspec.quantization}, {args['max_steps']} steps) ..."
+        )
+        set_seed(int(args["seed"]))
+        model = methods.apply_method(copy.deepcopy(base.model), config, quantization=mspec.quantization, name=method)
+        initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        if not initial:
+            raise PeftcheckError(f"{spec.suite}/{method}: the method made no parameter trainable")
+        result = train_model(
+            model, suite_data.train, collate, args=args, device=base.device,
+            step_hook=methods.optimizer_step_hook(model),
+        )  # fmt: skip
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        metrics: dict[str, dict[str, Any]] = {
+            "final_loss": {"value": result.loss_curve[-1][1] if result.loss_curve else None, "unit": "nats"},
+            "train_time_s": {"value": result.train_time_s, "unit": "s"},
+            "tokens_per_s": {"value": result.tokens_per_s, "unit": "tokens/s"},
+            "peak_rss_mib": {"value": result.memory_peak_mib, "unit": "MiB"},
+        }
+        if suite_data.eval is not None:
+            ppl = perplexity(model, suite_data.eval, collate, device=base.device)
+            metrics["eval_perplexity"] = {"value": ppl, "unit": "ppl"}
+            metrics["base_eval_perplexity"] = {"value": self.base_perplexity(suite, base), "unit": "ppl"}
+        record = {
+            "kind": "method", "suite": spec.suite, "suite_file": suite.path, "method": method,
+            "status": "trained", "error": None, "fingerprint": fingerprint(suite, method),
+            "peft": mspec.peft if mspec.backend == "peft" else f"adapters:{mspec.config}",
+            "backend": mspec.backend, "quantization": mspec.quantization, "dtype": spec.dtype,
+            "device": base.device, "loss_curve": result.loss_curve, "step_times_s": result.step_times_s,
+            "train_time_s": result.train_time_s, "tokens_per_s": result.tokens_per_s,
+            "trainable_params": trainable, "total_params": total, "optimizer_hook_calls": result.hook_calls,
+            "model": {"ref": base.source.ref, "source": base.source.source, "real": base.source.real},
+            "metrics": metrics, "samples": [], "env": environment(),
+        }  # fmt: skip
+        artifact = TrainedArtifact(
+            suite, method, mspec, base, model, config, suite_data, collate, result, initial, record
+        )
+        loss = result.loss_curve
+        self.progress(
+            f"peftcheck: trained {spec.suite}/{method} in {result.train_time_s:.1f}s"
+            + (f", loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}" if loss else "")
+        )
+        self._records.setdefault((suite.path + "::" + spec.suite, method), record)
+        return artifact
+
+    def close(self) -> None:
+        """Hand every method record (with what checks added to it) to ``on_record``."""
+        for record in self._records.values():
+            self.on_record(record)
+        self._records.clear()
+        self._live.clear()
+        self._bases.clear()

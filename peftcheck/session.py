@@ -1,0 +1,259 @@
+"""The run session: suites collected as pytest nodes, one Pipeline, one results file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peftcheck.checks.registry import Measurement, NotApplicable, get_check, parse_params
+from peftcheck.errors import PeftcheckError, SuiteError
+from peftcheck.spec import LoadedSuite, load_suite
+
+__all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite"]
+
+SESSION_KEY = pytest.StashKey["Session"]()
+MEASUREMENT_KEY = pytest.StashKey[Measurement]()
+BUILTIN_MARKERS = {
+    "gpu": "needs a CUDA device (pytest suites/ -m gpu)",
+    "quant": "runs on a bitsandbytes 8-bit or 4-bit base",
+    "slow": "trains a real model; minutes on a CPU",
+}
+
+
+def looks_like_suite(path: Path) -> bool:
+    """A YAML file with a top-level ``suite:`` key."""
+    if path.suffix not in (".yaml", ".yml"):
+        return False
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return any(line.startswith("suite:") for line in handle)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+class CheckFailed(AssertionError):
+    """A check's measurement did not hold."""
+
+    def __init__(self, measurement: Measurement) -> None:
+        super().__init__(measurement.message)
+        self.measurement = measurement
+
+
+class Session:
+    """Owns the pipeline and the results file for one pytest run."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from peftcheck.cache import Pipeline
+
+        self.config = config
+        self.results_path = Path(config.getoption("peftcheck_results") or "reports/results.jsonl")
+        if not self.results_path.is_absolute():
+            self.results_path = Path(config.rootpath) / self.results_path
+        self._writer: Any = None
+        self.pipeline = Pipeline(on_record=self.write, progress=self.progress)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "Session":
+        return cls(config)
+
+    def progress(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:  # only a run that measured something replaces the file
+            from peftcheck.record import ResultsWriter
+
+            self._writer = ResultsWriter(self.results_path)
+        self._writer.write(record)
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self.config.option).items() if k.startswith("peftcheck_")}
+
+    def record_check(self, item: "CheckItem", report: pytest.TestReport) -> None:
+        measurement = item.stash.get(MEASUREMENT_KEY, None)
+        outcome = report.outcome
+        if report.failed and not isinstance(getattr(report.longrepr, "reprcrash", None), type(None)):
+            outcome = "failed" if measurement is not None else "error"
+        xfail = getattr(report, "wasxfail", None)
+        if xfail is not None:
+            outcome = "failed" if report.skipped else "passed"  # xfailed / xpassed
+        message = measurement.message if measurement else ""
+        if report.skipped and xfail is None and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        elif measurement is None and report.failed:
+            message = str(getattr(report.longrepr, "reprcrash", None) and report.longrepr.reprcrash.message)
+        self.write(
+            {
+                "kind": "check", "suite": item.suite.spec.suite, "suite_file": item.suite.path,
+                "method": item.method, "check": item.check_name, "nodeid": item.nodeid,
+                "outcome": outcome, "xfail": {"reason": xfail} if xfail is not None else None,
+                "value": measurement.value if measurement else None,
+                "bound": measurement.bound if measurement else None,
+                "unit": measurement.unit if measurement else None,
+                "message": message, "details": measurement.details if measurement else {},
+                "duration_s": report.duration,
+            }
+        )  # fmt: skip
+
+    def finish(self) -> None:
+        self.pipeline.close()
+        if self._writer is not None:
+            self._writer.close()
+            self.progress(f"peftcheck: results written to {self.results_path}")
+
+
+def _versions_hold(when: dict[str, str]) -> bool:
+    from importlib import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    for package, spec in when.items():
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return False
+        if version not in SpecifierSet(spec, prereleases=True):
+            return False
+    return True
+
+
+def _display_path(path: Path) -> Path:
+    """The path relative to the working directory when it lies below it (shorter messages)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+class _ShortErrors:
+    """Collectors report peftcheck's own errors as their one-line message, no traceback."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, PeftcheckError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)  # type: ignore[misc]
+
+
+class SuiteFile(_ShortErrors, pytest.File):
+    """A suite YAML file: one suite, a collector per method, an item per check."""
+
+    def collect(self) -> Any:
+        loaded = load_suite(_display_path(self.path))
+        for name in loaded.spec.markers:
+            self.config.addinivalue_line("markers", f"{name}: suite marker")
+        yield SuiteNode.from_parent(self, name=loaded.spec.suite, loaded=loaded)
+
+
+class SuiteNode(_ShortErrors, pytest.Collector):
+    def __init__(self, *, loaded: LoadedSuite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loaded = loaded
+        for name in loaded.spec.markers:
+            self.add_marker(name)
+        if loaded.spec.device == "cuda":
+            self.add_marker("gpu")
+
+    def collect(self) -> Any:
+        from peftcheck.data import resolve_dataset
+        from peftcheck.models import resolve_model
+
+        spec, base_dir = self.loaded.spec, Path(self.loaded.path).parent
+        try:  # fail at collection, not after minutes of training
+            resolve_model(spec.model, base_dir=base_dir, build=False)
+            for ref in filter(None, (spec.data.dataset, spec.data.unrelated)):
+                resolve_dataset(ref, base_dir=base_dir)
+        except SuiteError as exc:
+            raise exc.located(file=self.loaded.path, line=self.loaded.line_of(*(exc.field or "").split("."))) from None
+        for method, mspec in spec.methods.items():
+            node = MethodNode.from_parent(self, name=method, loaded=self.loaded)
+            for name in mspec.markers:
+                self.config.addinivalue_line("markers", f"{name}: method marker")
+                node.add_marker(name)
+            if mspec.quantization != "none":
+                node.add_marker("quant")
+            yield node
+
+
+class MethodNode(_ShortErrors, pytest.Collector):
+    def __init__(self, *, loaded: LoadedSuite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loaded = loaded
+
+    def collect(self) -> Any:
+        from peftcheck.methods import build_config
+
+        spec = self.loaded.spec
+        method = spec.methods[self.name]
+        if method.backend == "peft":  # unknown config class or argument: a collection error
+            try:
+                build_config(method, name=self.name, max_steps=int(spec.train_args(self.name)["max_steps"]))
+            except SuiteError as exc:
+                line = self.loaded.line_of(*(exc.field or "").split("."))
+                raise exc.located(file=self.loaded.path, line=line) from None
+        for check, raw in spec.expectations(self.name).items():
+            yield CheckItem.from_parent(self, name=check, loaded=self.loaded, raw=raw)
+
+
+class CheckItem(pytest.Item):
+    """One (suite, method, check)."""
+
+    def __init__(self, *, loaded: LoadedSuite, raw: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = loaded
+        self.method = self.parent.name
+        self.check_name = self.name
+        self.check = get_check(self.name)
+        self.params, xfail = parse_params(self.check, raw)
+        if xfail is not None and _versions_hold(xfail.when):
+            when = ", ".join(f"{k}{v}" for k, v in xfail.when.items())
+            reason = xfail.reason + (f" [{when}]" if when else "")
+            self.add_marker(pytest.mark.xfail(reason=reason, strict=xfail.strict, raises=CheckFailed))
+
+    def runtest(self) -> None:
+        from peftcheck.context import CheckContext
+
+        if self.get_closest_marker("gpu") is not None:
+            import torch
+
+            if not torch.cuda.is_available():
+                pytest.skip("marked gpu and torch sees no CUDA device")
+        session = self.config.stash[SESSION_KEY]
+        ctx = CheckContext(session.pipeline, self.suite, self.method, session.options())
+        try:
+            measurement = self.check.run(ctx, self.params)
+        except NotApplicable as exc:
+            pytest.skip(f"not applicable: {exc}")
+        self.stash[MEASUREMENT_KEY] = measurement
+        if not measurement.passed:
+            raise CheckFailed(measurement)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        exc = excinfo.value
+        if isinstance(exc, CheckFailed):
+            m = exc.measurement
+            unit = f" {m.unit}" if m.unit else ""
+            return (
+                f"{self.nodeid} failed\n  check:    {self.check_name} ({self.check.description})\n"
+                f"  measured: {m.value!r}{unit}\n  expected: {m.bound}\n  message:  {m.message}"
+            )
+        if isinstance(exc, PeftcheckError):
+            return str(exc)
+        return super().repr_failure(excinfo, style="short")
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.suite.line_of("methods", self.method, "expect", self.name) or self.suite.line_of(
+            "expect", self.name
+        )
+        return self.path, (line - 1) if line else None, f"{self.suite.spec.suite}::{self.method}::{self.name}"
+
+
+def collect_suite(parent: pytest.Collector, file_path: Path) -> SuiteFile | None:
+    if looks_like_suite(file_path):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+

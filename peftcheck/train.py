@@ -1,0 +1,134 @@
+"""Training through transformers.Trainer, with a callback recording loss, step times and memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["TrainResult", "train_model", "peak_rss_mib", "memory_mib"]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_mib() -> float:
+    """Current memory: CUDA allocated if a GPU is in use, else the process RSS, MiB."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What one training run produced, besides the trained model."""
+
+    loss_curve: list[tuple[int, float]]
+    step_times_s: list[float]
+    train_time_s: float
+    tokens_seen: int
+    memory_before_mib: float
+    memory_peak_mib: float
+    hook_calls: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+def _recorder(result: TrainResult, hook: Callable[[int], Any] | None) -> Any:
+    import torch
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        """Records loss per logged step, wall time per step and peak memory."""
+
+        def __init__(self) -> None:
+            self._started = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._started = time.perf_counter()
+
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if hook is not None:
+                hook(state.global_step)
+                result.hook_calls += 1
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            result.step_times_s.append(time.perf_counter() - self._started)
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                peak = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                peak = memory_mib()
+            result.memory_peak_mib = max(result.memory_peak_mib, peak)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                result.loss_curve.append((int(state.global_step), float(logs["loss"])))
+
+    return Recorder()
+
+
+class _CountingCollator:
+    """Wraps a collator to count the non-padding tokens trained on."""
+
+    def __init__(self, inner: Any, result: TrainResult) -> None:
+        self.inner = inner
+        self.result = result
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(features)
+        self.result.tokens_seen += int(batch["attention_mask"].sum())
+        return batch
+
+
+def train_model(
+    model: Any,
+    dataset: Any,
+    collate: Any,
+    *,
+    args: dict[str, Any],
+    device: str,
+    step_hook: Callable[[int], Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with Trainer for ``args['max_steps']`` steps."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = TrainResult([], [], 0.0, 0, memory_mib(), memory_mib())
+    with tempfile.TemporaryDirectory(prefix="peftcheck-train-") as out:
+        defaults = {
+            "output_dir": out,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+            "disable_tqdm": True,
+            "use_cpu": device == "cpu",
+            "dataloader_num_workers": 0,
+            "remove_unused_columns": False,
+        }
+        training_args = TrainingArguments(**{**defaults, **args})
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            train_dataset=dataset,
+            data_collator=_CountingCollator(collate, result),
+            callbacks=[_recorder(result, step_hook)],
+        )
+        started = time.perf_counter()
+        trainer.train()
+        result.train_time_s = time.perf_counter() - started
+    model.eval()
+    return result

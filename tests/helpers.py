@@ -1,0 +1,47 @@
+"""Shared helpers for the project's own tests: tiny suites run through the pipeline."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftcheck.cache import Pipeline
+from peftcheck.checks.registry import Measurement, get_check, parse_params
+from peftcheck.context import CheckContext
+from peftcheck.spec import LoadedSuite, load_suite_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = str(ROOT / "fixtures" / "tiny_corpus.jsonl")
+
+
+def tiny_suite(methods: dict[str, Any], *, expect: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A suite dict on tiny-opt and the fixture corpus, a few steps per method."""
+    suite: dict[str, Any] = {
+        "suite": "tiny",
+        "model": "tiny-opt",
+        "data": {"dataset": CORPUS, "split": "train[:64]", "eval_split": "train[-16:]",
+                 "text_field": "text", "max_length": 24},
+        "train": {"max_steps": 8, "learning_rate": 2e-2, "per_device_train_batch_size": 8, "seed": 0},
+        "methods": copy.deepcopy(methods),
+        "expect": copy.deepcopy(expect or {}),
+    }  # fmt: skip
+    suite.update(overrides)
+    return suite
+
+
+def load(suite: dict[str, Any], path: str = "tiny.yaml") -> LoadedSuite:
+    return load_suite_text(yaml.safe_dump(suite, sort_keys=False), path=path)
+
+
+def run_check(pipeline: Pipeline, loaded: LoadedSuite, method: str, check: str, **params: Any) -> Measurement:
+    """Run one check the way a pytest item does, without pytest."""
+    registered = get_check(check)
+    parsed, _ = parse_params(registered, params)
+    return registered.run(CheckContext(pipeline, loaded, method), parsed)
+
+
+def quiet_pipeline() -> Pipeline:
+    return Pipeline(progress=lambda line: None)

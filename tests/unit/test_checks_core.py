@@ -1,0 +1,99 @@
+"""The core checks pass on a sound adapter and fail on the defect each one names (planted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import peftcheck.methods
+from helpers import load, quiet_pipeline, run_check, tiny_suite
+
+LORA = {"peft": "LoraConfig", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="module")
+def sound() -> Any:
+    """One tiny LoRA, trained once for every test that needs a sound adapter."""
+    pipeline = quiet_pipeline()
+    loaded = load(tiny_suite({"lora": LORA, "ia3": {"peft": "IA3Config", "target_modules": ["k_proj", "fc2"],
+                                                      "feedforward_modules": ["fc2"]}}))
+    return pipeline, loaded
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_sound_adapter_passes_parameter_checks(sound: Any, method: str) -> None:
+    pipeline, loaded = sound
+    ratio = run_check(pipeline, loaded, method, "trainable_ratio", max=0.2)
+    assert ratio.passed, ratio.message
+    assert ratio.details["trainable"] == ratio.details["analytic"] > 0
+    for check in ("target_coverage", "base_frozen"):
+        measurement = run_check(pipeline, loaded, method, check)
+        assert measurement.passed, measurement.message
+
+
+def test_sound_adapter_learns(sound: Any) -> None:
+    pipeline, loaded = sound
+    loss = run_check(pipeline, loaded, "lora", "loss_decrease", min_relative=0.005)
+    assert loss.passed, loss.message
+    ppl = run_check(pipeline, loaded, "lora", "eval_perplexity", max_ratio_to_base=1.0)
+    assert ppl.passed and ppl.value < 1.0, ppl.message
+
+
+def test_target_typo_is_caught() -> None:
+    # planted: a typo in one target_modules entry; peft wraps v_proj and ignores "q_prj"
+    loaded = load(tiny_suite({"typo": {**LORA, "target_modules": ["q_prj", "v_proj"]}}))
+    measurement = run_check(quiet_pipeline(), loaded, "typo", "target_coverage")
+    assert not measurement.passed
+    assert "q_prj" in measurement.message and measurement.details["matches"]["v_proj"] == 2
+
+
+def _unfreeze_base_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = peftcheck.methods.apply_method
+
+    def planted(model: Any, config: Any, **kwargs: Any) -> Any:
+        peft_model = real(model, config, **kwargs)
+        # planted defect: one base weight left trainable
+        base = peft_model.get_base_model()
+        base.model.decoder.layers[0].fc1.weight.requires_grad_(True)
+        return peft_model
+
+    monkeypatch.setattr(peftcheck.methods, "apply_method", planted)
+
+
+def test_unfrozen_base_weight_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    _unfreeze_base_weight(monkeypatch)
+    loaded = load(tiny_suite({"lora": LORA}))
+    pipeline = quiet_pipeline()
+    frozen = run_check(pipeline, loaded, "lora", "base_frozen")
+    assert not frozen.passed
+    assert frozen.details["changed"] == ["model.decoder.layers.0.fc1.weight"]
+    count = run_check(pipeline, loaded, "lora", "trainable_ratio", max=0.5)
+    assert not count.passed and "analytic" in count.message
+
+
+def test_ratio_bound_is_enforced(sound: Any) -> None:
+    pipeline, loaded = sound
+    measurement = run_check(pipeline, loaded, "lora", "trainable_ratio", max=1e-6)
+    assert not measurement.passed and "outside" in measurement.message
+
+
+def test_no_learning_is_caught() -> None:
+    # planted: a learning rate too small to move anything
+    suite = tiny_suite({"lora": {**LORA, "train": {"learning_rate": 1e-12}}})
+    pipeline, loaded = quiet_pipeline(), load(suite)
+    loss = run_check(pipeline, loaded, "lora", "loss_decrease", min_relative=0.005)
+    assert not loss.passed
+    ppl = run_check(pipeline, loaded, "lora", "eval_perplexity", max_ratio_to_base=0.999)
+    assert not ppl.passed and ppl.value == pytest.approx(1.0, abs=1e-3)
+
+
+def test_prompt_tuning_skips_target_coverage() -> None:
+    from peftcheck.checks import NotApplicable
+
+    loaded = load(tiny_suite({"prompt": {"peft": "PromptTuningConfig", "num_virtual_tokens": 4}}))
+    pipeline = quiet_pipeline()
+    with pytest.raises(NotApplicable, match="no target_modules"):
+        run_check(pipeline, loaded, "prompt", "target_coverage")
+    count = run_check(pipeline, loaded, "prompt", "trainable_ratio", max=0.5)
+    assert count.passed and count.details["trainable"] == 4 * 64
