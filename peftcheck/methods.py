@@ -37,6 +37,10 @@ def _config_class(name: str, field: str) -> type:
 
 def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
     """Instantiate the peft config of ``method``; unknown arguments are SuiteErrors."""
+    if method.backend == "adapters":
+        from peftcheck.backends import adapters
+
+        return adapters.build_config(method, name=name)
     cls = _config_class(method.peft or "", f"methods.{name}.peft")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = method.kwargs
@@ -60,6 +64,10 @@ def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
 
 def apply_method(model: Any, config: Any, *, quantization: str, name: str) -> Any:
     """Wrap ``model`` (modified in place) with the adapter described by ``config``."""
+    if getattr(config, "backend", None) == "adapters":
+        from peftcheck.backends import adapters
+
+        return adapters.apply(model, config, quantization=quantization, name=name)
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization != "none":

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from peftcheck.checks.registry import Measurement, NotApplicable, get_check, parse_params
-from peftcheck.errors import PeftcheckError, SuiteError
+from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
 from peftcheck.spec import LoadedSuite, load_suite
 
 __all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite"]
@@ -189,12 +189,13 @@ class MethodNode(_ShortErrors, pytest.Collector):
 
         spec = self.loaded.spec
         method = spec.methods[self.name]
-        if method.backend == "peft":  # unknown config class or argument: a collection error
-            try:
-                build_config(method, name=self.name, max_steps=int(spec.train_args(self.name)["max_steps"]))
-            except SuiteError as exc:
-                line = self.loaded.line_of(*(exc.field or "").split("."))
-                raise exc.located(file=self.loaded.path, line=line) from None
+        try:  # an unknown config class or argument is a collection error
+            build_config(method, name=self.name, max_steps=int(spec.train_args(self.name)["max_steps"]))
+        except SuiteError as exc:
+            line = self.loaded.line_of(*(exc.field or "").split("."))
+            raise exc.located(file=self.loaded.path, line=line) from None
+        except MissingExtraError as exc:  # an optional backend that is not installed: skip
+            self.add_marker(pytest.mark.skip(reason=f"methods.{self.name}: {exc}"))
         for check, raw in spec.expectations(self.name).items():
             yield CheckItem.from_parent(self, name=check, loaded=self.loaded, raw=raw)
 
