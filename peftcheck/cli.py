@@ -155,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeftcheckError as exc:
         print(f"peftcheck: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `peftcheck list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -268,10 +268,10 @@ def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
     except ValidationError as exc:
         loc, message = _first_error(exc)
         field = ".".join(str(p) for p in loc) or None
-        line = None
+        line = 1  # a key missing at the top level: point at the start of the file
         for end in range(len(loc), 0, -1):
-            line = lines.get(".".join(str(p) for p in loc[:end]))
-            if line:
+            if ".".join(str(p) for p in loc[:end]) in lines:
+                line = lines[".".join(str(p) for p in loc[:end])]
                 break
         raise SuiteError(
             message, file=path, line=line, field=field, hint=_hint_for(loc, message)

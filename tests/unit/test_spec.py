@@ -1,0 +1,81 @@
+"""Suite loading: valid suites, and a located SuiteError for each kind of mistake."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from helpers import tiny_suite
+from peftcheck.errors import SuiteError
+from peftcheck.spec import json_schema, load_suite_text
+
+LORA = {"peft": "LoraConfig", "r": 2, "target_modules": ["q_proj"]}
+
+
+def text(suite: dict) -> str:
+    return yaml.safe_dump(suite, sort_keys=False)
+
+
+def test_expectations_merge_suite_and_method() -> None:
+    suite = tiny_suite(
+        {"a": LORA, "b": {**LORA, "expect": {"trainable_ratio": {"max": 0.5}, "base_frozen": False}}},
+        expect={"trainable_ratio": {"max": 0.1}, "base_frozen": None},
+    )
+    loaded = load_suite_text(text(suite))
+    assert loaded.spec.expectations("a") == {"trainable_ratio": {"max": 0.1}, "base_frozen": {}}
+    assert loaded.spec.expectations("b") == {"trainable_ratio": {"max": 0.5}}
+
+
+def test_method_train_overrides() -> None:
+    suite = tiny_suite({"a": {**LORA, "train": {"learning_rate": 0.5}}})
+    args = load_suite_text(text(suite)).spec.train_args("a")
+    assert args["learning_rate"] == 0.5 and args["max_steps"] == 8
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("suite: [unclosed", "invalid YAML"),
+        ("- a\n- b\n", "a suite is a mapping"),
+        ("suite: x\n", "<string>:1 model: required key is missing"),
+    ],
+)
+def test_malformed_files(yaml_text: str, message: str) -> None:
+    with pytest.raises(SuiteError, match=message):
+        load_suite_text(yaml_text)
+
+
+def test_error_names_file_line_and_field() -> None:
+    suite = tiny_suite({"lora": LORA})
+    suite["train"]["per_device_train_batch_size"] = 0
+    with pytest.raises(SuiteError) as info:
+        load_suite_text(text(suite), path="suites/x.yaml")
+    err = info.value
+    assert err.file == "suites/x.yaml" and err.field == "train.per_device_train_batch_size"
+    assert text(suite).splitlines()[err.line - 1].strip().startswith("per_device_train_batch_size")
+    assert "got 0" in str(err)
+
+
+def test_unknown_training_argument() -> None:
+    suite = tiny_suite({"lora": LORA})
+    suite["train"]["lerning_rate"] = 1
+    with pytest.raises(SuiteError, match=r"train: unknown TrainingArguments name\(s\) \['lerning_rate'\]"):
+        load_suite_text(text(suite))
+
+
+def test_check_params_are_validated() -> None:
+    suite = tiny_suite({"lora": LORA}, expect={"trainable_ratio": {"max": -1}})
+    with pytest.raises(SuiteError, match="expect.trainable_ratio.max: got -1"):
+        load_suite_text(text(suite))
+
+
+def test_xfail_is_accepted_on_any_check() -> None:
+    suite = tiny_suite({"lora": LORA}, expect={"target_coverage": {"xfail": {"reason": "r", "when": {"peft": "<99"}}}})
+    assert load_suite_text(text(suite)).spec.expectations("lora")["target_coverage"]["xfail"]["reason"] == "r"
+
+
+def test_schema_lists_every_field_with_a_description() -> None:
+    schema = json_schema()
+    for name, definition in schema["$defs"].items():
+        for field, prop in definition.get("properties", {}).items():
+            assert prop.get("description") or "$ref" in prop or "allOf" in prop, (name, field)
