@@ -129,7 +129,9 @@ def expected_trainable(base_model: Any, config: Any) -> tuple[int | None, str]:
     matched = matched_targets(base_model, getattr(config, "target_modules", None))
     targets = sorted({n for names in matched.values() for n in names})
     if kind in ("LoraConfig", "AdaLoraConfig"):
-        if config.use_dora or config.bias != "none" or config.modules_to_save or config.rank_pattern:
+        # AdaLoRA fills rank_pattern while it trains, by masking: the parameter count stays
+        ranked = bool(config.rank_pattern) and kind == "LoraConfig"
+        if config.use_dora or config.bias != "none" or config.modules_to_save or ranked:
             return None, f"{kind} with DoRA, bias, modules_to_save or rank_pattern has no formula here"
         if not all(_is_linear(modules[n]) for n in targets):
             return None, f"{kind} on non-Linear modules has no formula here"

@@ -97,3 +97,42 @@ def test_prompt_tuning_skips_target_coverage() -> None:
         run_check(pipeline, loaded, "prompt", "target_coverage")
     count = run_check(pipeline, loaded, "prompt", "trainable_ratio", max=0.5)
     assert count.passed and count.details["trainable"] == 4 * 64
+
+
+METHODS = {
+    "adalora": {"peft": "AdaLoraConfig", "init_r": 6, "target_r": 2, "target_modules": ["q_proj", "v_proj"],
+                "tinit": 1, "tfinal": 2, "deltaT": 1},
+    "prefix": {"peft": "PrefixTuningConfig", "num_virtual_tokens": 4},
+    "prefix_projection": {"peft": "PrefixTuningConfig", "num_virtual_tokens": 4, "prefix_projection": True,
+                          "encoder_hidden_size": 16},
+    "prompt": {"peft": "PromptTuningConfig", "num_virtual_tokens": 4},
+    "ptuning": {"peft": "PromptEncoderConfig", "num_virtual_tokens": 4, "encoder_hidden_size": 16},
+    "ia3": {"peft": "IA3Config", "target_modules": ["k_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+    "lora_all_linear": {"peft": "LoraConfig", "r": 2, "target_modules": "all-linear"},
+}
+
+
+@pytest.fixture(scope="module")
+def llama() -> Any:
+    """Every seed method on tiny-llama (grouped-query attention), a few steps each."""
+    suite = tiny_suite(METHODS, model="tiny-llama")
+    suite["train"]["max_steps"] = 4
+    return quiet_pipeline(), load(suite)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_analytic_count_matches_every_method(llama: Any, method: str) -> None:
+    pipeline, loaded = llama
+    measurement = run_check(pipeline, loaded, method, "trainable_ratio", max=0.9)
+    assert measurement.details["analytic"] is not None, measurement.details["formula"]
+    assert measurement.passed, measurement.message
+    assert run_check(pipeline, loaded, method, "base_frozen").passed
+
+
+def test_adalora_budget_is_updated_every_step(llama: Any) -> None:
+    pipeline, loaded = llama
+    artifact = pipeline.artifact(loaded, "adalora")
+    assert artifact.record["optimizer_hook_calls"] == 4
+    # after tfinal the budget is fixed: some ranks of lora_E were masked to zero
+    ranks = [int((p != 0).sum()) for n, p in artifact.model.named_parameters() if "lora_E" in n]
+    assert ranks and min(ranks) < 6
