@@ -14,7 +14,10 @@ from typing import Any
 
 from peftcheck.errors import MissingExtraError, ResolveError
 
-__all__ = ["BuiltinModel", "BUILTIN_MODELS", "cache_dir", "materialise", "smollm2_gguf"]
+__all__ = [
+    "BuiltinModel", "BUILTIN_MODELS", "cache_dir", "materialise", "smollm2_gguf", "tokenizer_folder",
+    "atomic_build",
+]  # fmt: skip
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -78,7 +81,7 @@ _TOKENIZER_TEXT = [
 ]
 
 
-def _tokenizer_folder() -> Path:
+def tokenizer_folder() -> Path:
     """A 512-token byte-level BPE tokenizer for the random-weight fixtures (no download)."""
     folder = cache_dir() / "tokenizers" / "tiny-bpe-512"
     if not (folder / "tokenizer.json").exists():
@@ -97,7 +100,7 @@ def _tokenizer_folder() -> Path:
             )  # fmt: skip
             fast.save_pretrained(tmp)
 
-        _atomic_build(folder, build)
+        atomic_build(folder, build)
     return folder
 
 
@@ -106,7 +109,7 @@ def _random_builder(config_factory: Callable[[int], Any]) -> Callable[[Path], No
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder())
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
         torch.manual_seed(0)
         config = config_factory(len(tokenizer))
         config.bos_token_id = config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
@@ -157,7 +160,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
-def _atomic_build(folder: Path, build: Callable[[Path], None]) -> None:
+def atomic_build(folder: Path, build: Callable[[Path], None]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
@@ -176,20 +179,6 @@ def materialise(name: str) -> Path:
     model = BUILTIN_MODELS[name]
     folder = cache_dir() / "models" / name
     if not (folder / "config.json").exists():
-        _atomic_build(folder, model.build)
+        atomic_build(folder, model.build)
     return folder
 
-
-def smollm2_tokenizer() -> Path:
-    """The SmolLM2 tokenizer alone (for synthetic large models), from the GGUF file."""
-    folder = cache_dir() / "tokenizers" / "smollm2"
-    if not (folder / "tokenizer.json").exists():
-
-        def build(tmp: Path) -> None:
-            from transformers import AutoTokenizer
-
-            gguf = smollm2_gguf()
-            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-
-        _atomic_build(folder, build)
-    return folder

@@ -128,28 +128,55 @@ def load_base(
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode on ``device``."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype)
+    path = source.path
     if source.synthetic_config is not None:
-        config = AutoConfig.for_model(**source.synthetic_config)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-        from peftcheck.fixtures import smollm2_tokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer())
-    else:
-        quant = _quantization_config(quantization, torch_dtype)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-        if quant is not None:
-            kwargs["quantization_config"] = quant
-            kwargs["device_map"] = {"": device}
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-        if quant is None:
-            model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        path = str(_synthetic_folder(source, torch_dtype, device))
+    quant = _quantization_config(quantization, torch_dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is None:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def _synthetic_folder(source: ModelSource, torch_dtype: Any, device: str) -> Path:
+    """Random weights in the published architecture, saved once so bitsandbytes can load them.
+
+    Initialised on ``device`` (seconds on a GPU); the 512-token fixture tokenizer stands in for
+    the real one, which is fine for memory and speed and says nothing about quality."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from peftcheck.fixtures import atomic_build, tokenizer_folder, cache_dir
+
+    name = f"{source.ref.replace('/', '--')}-{str(torch_dtype).removeprefix('torch.')}"
+    folder = cache_dir() / "synthetic" / name
+    if not (folder / "config.json").exists():
+        if device == "cpu":
+            raise ResolveError(
+                f"{source.ref} is not available offline and its synthetic stand-in needs a GPU",
+                field="model",
+                hint="set device: cuda, or point $PEFTCHECK_MODEL_DIR at a local copy",
+            )
+
+        def build(tmp: Path) -> None:
+            torch.manual_seed(0)
+            config = AutoConfig.for_model(**source.synthetic_config)
+            with torch.device(device):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+            model.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(tokenizer_folder()).save_pretrained(tmp)
+
+        atomic_build(folder, build)
+    return folder
