@@ -334,6 +334,8 @@ class BaselineStore:
                     methods[method] = entry
                     notes.append(UpdateNote(path, suite, method, "added"))
                 elif mode == "all":
+                    if old.get("fingerprint") == entry.get("fingerprint"):  # a -k run keeps the other checks
+                        entry = {**entry, "checks": {**(old.get("checks") or {}), **entry.get("checks", {})}}
                     methods[method] = entry
                     notes.append(UpdateNote(path, suite, method, "replaced", _moved(old, entry)))
                 else:

@@ -361,8 +361,12 @@ def _problems(suites: Sequence[SuiteReport]) -> tuple[list[Problem], list[Proble
                     regressions.append(Problem("newly failing", suite.title, m.method, cell.check,
                                                cell.message, cell.anchor))
                 elif cell.outcome in BAD:
+                    # no_regression's own lines are already the regressions listed above
+                    text = cell.message
+                    if cell.check == "no_regression" and cell.message and m.metrics:
+                        text = cell.message.splitlines()[0].rstrip(":") + "; listed above"
                     failures.append(Problem(cell.outcome, suite.title, m.method, cell.check,  # type: ignore[arg-type]
-                                            cell.message, cell.anchor))
+                                            text, cell.anchor))
     return regressions, failures
 
 

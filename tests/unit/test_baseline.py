@@ -26,6 +26,8 @@ from peftcheck.baseline import (
     parse_gate,
     parse_tolerance,
 )
+from peftcheck.checks import NotApplicable
+from peftcheck.checks.regression import NoRegressionParams, no_regression
 from peftcheck.record import read_records
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "results"
@@ -252,6 +254,16 @@ def test_a_partial_run_keeps_the_other_methods(tmp_path: Path) -> None:
     assert set(data["methods"]) == {"lora", "prompt"}
 
 
+def test_a_run_of_some_checks_keeps_the_others_outcomes(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.update(collect_entries(_fixture("baseline")), "missing")
+    some = [r for r in _fixture("rerun") if r["kind"] != "check" or r["check"] == "no_regression"]
+    store.update(collect_entries(some), "all")
+    data = json.loads(next(tmp_path.rglob("quotes.json")).read_text(encoding="utf-8"))
+    checks = data["methods"]["lora"]["checks"]
+    assert checks["no_regression"]["outcome"] == "passed" and checks["loss_decrease"]["outcome"] == "passed"
+
+
 def test_several_runs_give_several_samples(tmp_path: Path) -> None:
     files = collect_entries(_fixture("baseline") + _fixture("rerun"))
     entry = next(iter(files.values()))["methods"]["lora"]
@@ -336,8 +348,6 @@ def _method_record(run: str, suite: str = "quotes", method: str = "lora") -> dic
 
 
 def _run_check(record: dict[str, Any], baseline: Path | None, **params: Any) -> Any:
-    from peftcheck.checks.regression import NoRegressionParams, no_regression
-
     return no_regression(FakeContext(record, baseline), NoRegressionParams(**params))
 
 
@@ -348,8 +358,6 @@ def recorded(tmp_path: Path) -> Path:
 
 
 def test_no_regression_skips_without_a_baseline_and_says_how_to_record_one(tmp_path: Path) -> None:
-    from peftcheck.checks import NotApplicable
-
     with pytest.raises(NotApplicable, match="--peftcheck-update-baseline missing"):
         _run_check(_method_record("rerun"), tmp_path)
     failed = _run_check(_method_record("rerun"), tmp_path, require_baseline=True)
