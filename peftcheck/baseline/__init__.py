@@ -2,6 +2,7 @@
 
 from peftcheck.baseline.compare import (
     DEFAULT_METRICS,
+    MIN_NOISE_SAMPLES,
     Comparison,
     Direction,
     MetricSpec,
@@ -34,6 +35,7 @@ from peftcheck.baseline.store import (
 
 __all__ = [
     "DEFAULT_METRICS",
+    "MIN_NOISE_SAMPLES",
     "MAX_SAMPLES",
     "SCHEMA",
     "BaselineMatch",

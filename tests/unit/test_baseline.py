@@ -138,8 +138,17 @@ def test_noise_aware_tolerance_uses_the_samples_spread() -> None:
     assert compare_metric("t", 13.9, samples, spec=spec).status == "unchanged"
     regressed = compare_metric("t", 14.5, samples, spec=spec)
     assert regressed.status == "regressed" and regressed.allowed == pytest.approx(3.0)
-    one = compare_metric("t", 11.2, [11.0], spec=spec)  # no spread from one sample: the 1% floor
-    assert one.status == "regressed" and "floor" in one.note
+    assert compare_metric("t", 7.5, samples, spec=spec).status == "improved"
+    floor = compare_metric("t", 11.2, [11.0, 11.0, 11.0], spec=spec)  # no spread: the 1% floor
+    assert floor.status == "regressed" and floor.allowed == pytest.approx(0.11)
+
+
+@pytest.mark.parametrize("samples", [[11.0], [11.0, 11.5]])
+def test_noise_aware_needs_three_samples_to_judge(samples: list[float]) -> None:
+    spec = MetricSpec("lower", Tolerance("noise", 3.0, 0.5))
+    slower = compare_metric("t", 40.0, samples, spec=spec)  # 3.5x: shown, not judged
+    assert slower.status == "changed" and "needs 3" in slower.note
+    assert compare_metric("t", 12.0, samples, spec=spec).status == "unchanged"
 
 
 def test_time_is_not_compared_across_device_classes() -> None:
