@@ -87,6 +87,13 @@ def test_the_report_renders_with_its_script_and_without_injected_markup(regresse
         assert needle in dom, needle
 
 
+def test_problems_only_view(regressed_page: Path, tmp_path: Path) -> None:
+    link = regressed_page.with_name("link.html")  # chromium takes a file URL; the hash picks the view
+    link.write_text(f'<meta http-equiv="refresh" content="0; url={regressed_page.name}#problems">', encoding="utf-8")
+    dom = chromium(link, tmp_path, "--dump-dom").stdout
+    assert re.search(r'<body[^>]*class="only-problems"', dom), dom[:500]
+
+
 def test_the_screenshot_is_not_blank(regressed_page: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     chromium(regressed_page, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}")

@@ -2,11 +2,14 @@
   "use strict";
   var root = document.documentElement;
   var box = document.getElementById("only-problems");
+  function apply() {
+    document.body.classList.toggle("only-problems", box.checked);
+  }
   if (box) {
     box.disabled = false;
-    box.addEventListener("change", function () {
-      document.body.classList.toggle("only-problems", box.checked);
-    });
+    box.checked = box.checked || window.location.hash === "#problems";
+    box.addEventListener("change", apply);
+    apply();
   }
   root.setAttribute("data-js", "ready");
 })();
