@@ -76,6 +76,7 @@ class ResultsWriter:
                 "schema": SCHEMA_VERSION,
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "argv": sys.argv,
+                "pid": os.getpid(),
                 "env": environment(),
             }
         )

@@ -71,7 +71,7 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     max_steps: int = Field(30, ge=1, description="Optimizer steps per method.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(2e-4, ge=0, description="Peak learning rate (0 freezes the adapter too).")
     per_device_train_batch_size: int = Field(4, ge=1, description="Examples per step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
     seed: int = Field(0, description="Seed for data order, dropout and adapter initialisation.")
