@@ -136,3 +136,14 @@ def test_adalora_budget_is_updated_every_step(llama: Any) -> None:
     # after tfinal the budget is fixed: some ranks of lora_E were masked to zero
     ranks = [int((p != 0).sum()) for n, p in artifact.model.named_parameters() if "lora_E" in n]
     assert ranks and min(ranks) < 6
+
+
+def test_fixed_seed_gives_identical_measurements() -> None:
+    suite = tiny_suite({"lora": {**LORA, "lora_dropout": 0.1}})
+    suite["train"]["max_steps"] = 3
+    records = [quiet_pipeline().artifact(load(suite), "lora").record for _ in range(2)]
+    assert records[0]["loss_curve"] == records[1]["loss_curve"]
+    assert records[0]["metrics"]["eval_perplexity"] == records[1]["metrics"]["eval_perplexity"]
+    other_seed = tiny_suite({"lora": {**LORA, "lora_dropout": 0.1}})
+    other_seed["train"].update(max_steps=3, seed=1)
+    assert quiet_pipeline().artifact(load(other_seed), "lora").record["loss_curve"] != records[0]["loss_curve"]
