@@ -1,0 +1,1 @@
+"""Implementation of :mod:`peftcheck.strategies`; import from there, not from here."""

@@ -1,0 +1,1 @@
+"""Hypothesis property tests of PEFT on tiny CPU models, and of the suite loader."""
