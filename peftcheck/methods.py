@@ -84,6 +84,10 @@ def is_prompt_learning(config: Any) -> bool:
 
 def can_merge(peft_model: Any) -> str | None:
     """None if the adapter can be merged into the base weights, else the reason it cannot."""
+    if getattr(peft_model, "peftcheck_backend", None) == "adapters":  # backend: adapters
+        from peftcheck.backends import adapters
+
+        return adapters.can_merge(peft_model)
     config = peft_model.peft_config[peft_model.active_adapter]
     if is_prompt_learning(config):
         return f"{type(config).__name__} adds virtual tokens; there are no weights to merge"
@@ -124,6 +128,10 @@ def expected_trainable(base_model: Any, config: Any) -> tuple[int | None, str]:
     """Trainable parameters the method should add, from its config and the base's shapes.
 
     Returns (count, formula) or (None, why there is no formula for this config)."""
+    if getattr(config, "backend", None) == "adapters":  # backend: adapters
+        from peftcheck.backends import adapters
+
+        return adapters.expected_trainable(base_model, config)
     kind = type(config).__name__
     modules = dict(base_model.named_modules())
     matched = matched_targets(base_model, getattr(config, "target_modules", None))
@@ -172,6 +180,8 @@ def optimizer_step_hook(peft_model: Any) -> Any:
 
     AdaLoRA reallocates its rank budget from the gradients after each step; Trainer does not
     call it, so without this hook AdaLoRA silently trains as a fixed-rank LoRA."""
+    if getattr(peft_model, "peftcheck_backend", None) == "adapters":  # backend: adapters
+        return None  # no adapters method needs a call per step
     update = getattr(getattr(peft_model, "base_model", None), "update_and_allocate", None)
     if update is None or type(peft_model.peft_config[peft_model.active_adapter]).__name__ != "AdaLoraConfig":
         return None
