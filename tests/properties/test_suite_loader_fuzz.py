@@ -90,6 +90,10 @@ def test_yaml_tags_raise_only_suite_error(text: str) -> None:
 @given(ss.suite_shaped(CHECKS))
 @example({"suite": "s", "model": "tiny-opt", "data": {"dataset": "nowhere.jsonl"}, "methods": {"m": {"peft": "NoSuchConfig"}}})
 def test_validate_command_exits_with_a_status(doc: Any) -> None:
+    validate_exits_with_a_status(doc)
+
+
+def validate_exits_with_a_status(doc: Any) -> None:
     """`peftcheck validate FILE` goes further than the loader (methods, model and data are
     resolved) and must still end in an exit status, never a traceback."""
     with tempfile.TemporaryDirectory() as folder:
@@ -152,3 +156,15 @@ def test_planted_dropped_field_is_caught(monkeypatch: pytest.MonkeyPatch) -> Non
     strategy = ss.valid_suites(CHECKS).map(lambda d: {**d, "markers": ["slow"]})
     with pytest.raises(AssertionError, match="markers"):
         run_planted(roundtrip, strategy)
+
+
+def test_planted_crash_in_validate_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method resolver that raises TypeError on config keywords it does not know."""
+    import peftcheck.methods
+
+    def strict(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("__init__() got an unexpected keyword argument 'r'")
+
+    monkeypatch.setattr(peftcheck.methods, "build_config", strict)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        run_planted(validate_exits_with_a_status, ss.valid_suites(CHECKS))
