@@ -17,6 +17,7 @@ import importlib.util
 import sys
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from peftcheck.errors import MissingExtraError, SuiteError
@@ -30,6 +31,8 @@ __all__ = [
     "build_config",
     "apply",
     "is_adapters_model",
+    "save",
+    "load",
     "can_merge",
     "expected_trainable",
 ]
@@ -142,6 +145,30 @@ def apply(model: Any, config: AdaptersConfig, *, quantization: str, name: str) -
     model.peftcheck_backend = "adapters"  # what methods.py dispatches on for a trained model
     model.peftcheck_config = config
     return model
+
+
+CHECKPOINT = "adapter.safetensors"  # adapters' name for the weights saved with use_safetensors
+
+
+def save(model: Any, folder: str | Path) -> Path:
+    """Save the trained adapter alone (config + safetensors); returns the weights file.
+
+    ``with_head=False``: the "head" of a causal LM is its lm_head, a base weight (tied to the
+    embeddings in SmolLM2), which adapters would otherwise save beside the adapter."""
+    model.save_adapter(str(folder), ADAPTER_NAME, use_safetensors=True, with_head=False)
+    return Path(folder) / CHECKPOINT
+
+
+def load(base_model: Any, folder: str | Path, *, name: str = "reloaded") -> Any:
+    """``base_model`` (modified in place) with the adapter saved in ``folder``, active, in eval mode."""
+    adapters = _import_adapters()
+    adapters.init(base_model)
+    base_model.load_adapter(str(folder), load_as=ADAPTER_NAME, set_active=True, use_safetensors=True,
+                            with_head=False)  # fmt: skip
+    base_model.get_base_model = types.MethodType(_self, base_model)
+    base_model.peftcheck_backend = "adapters"
+    base_model.peftcheck_config = AdaptersConfig(name, {}, base_model.adapters_config.get(ADAPTER_NAME))
+    return base_model.eval()
 
 
 def is_adapters_model(model: Any) -> bool:

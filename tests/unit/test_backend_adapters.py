@@ -114,5 +114,30 @@ def test_houlsby_on_tiny_llama_trains_only_its_adapters() -> None:
     artifact = pipeline.artifact(loaded, "houlsby")
     assert "non-linear bottleneck" in (methods.can_merge(artifact.model) or "")
     assert methods.optimizer_step_hook(artifact.model) is None
-    trainable = [n for n, p in artifact.model.named_parameters() if p.requires_grad]
+    trainable = {n: p for n, p in artifact.model.named_parameters() if p.requires_grad}
     assert trainable and all(".adapters.peftcheck." in n for n in trainable)
+    _save_load_roundtrip(artifact, trainable)
+
+
+def _save_load_roundtrip(artifact: Any, trainable: dict[str, Any]) -> None:
+    """What a save/load check needs from the backend: an adapter-only safetensors checkpoint
+    that a fresh copy of the base reloads to the same outputs."""
+    import copy
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    from peftcheck.measure import logits, probe_batch
+
+    batch = probe_batch(artifact.base.tokenizer, artifact.data.eval_texts, max_length=24, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = backend.save(artifact.model, tmp)
+        saved = load_file(path)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+        assert len(saved) == len(trainable)  # every trainable tensor, and no base weight
+        assert sum(t.numel() for t in saved.values()) == sum(p.numel() for p in trainable.values())
+        fresh = backend.load(copy.deepcopy(artifact.base.model), tmp)
+    expected = logits(artifact.model, batch)
+    assert torch.equal(logits(fresh, batch), expected)
+    assert not torch.allclose(logits(artifact.base.model, batch), expected)  # the adapter does something
