@@ -11,12 +11,13 @@ cannot be imported, build_config raises MissingExtraError and the method's items
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "is_adapters_model",
     "save",
     "load",
+    "disabled",
     "can_merge",
     "expected_trainable",
 ]
@@ -169,6 +171,18 @@ def load(base_model: Any, folder: str | Path, *, name: str = "reloaded") -> Any:
     base_model.peftcheck_backend = "adapters"
     base_model.peftcheck_config = AdaptersConfig(name, {}, base_model.adapters_config.get(ADAPTER_NAME))
     return base_model.eval()
+
+
+@contextlib.contextmanager
+def disabled(model: Any) -> Iterator[Any]:
+    """No adapter active inside (the base computation), the trained one active again after:
+    what peft's ``disable_adapter()`` context is for a PeftModel."""
+    active = model.active_adapters
+    model.set_active_adapters(None)
+    try:
+        yield model
+    finally:
+        model.set_active_adapters(active)
 
 
 def is_adapters_model(model: Any) -> bool:

@@ -138,6 +138,9 @@ def _save_load_roundtrip(artifact: Any, trainable: dict[str, Any]) -> None:
         assert len(saved) == len(trainable)  # every trainable tensor, and no base weight
         assert sum(t.numel() for t in saved.values()) == sum(p.numel() for p in trainable.values())
         fresh = backend.load(copy.deepcopy(artifact.base.model), tmp)
-    expected = logits(artifact.model, batch)
+    expected, base = logits(artifact.model, batch), logits(artifact.base.model, batch)
     assert torch.equal(logits(fresh, batch), expected)
-    assert not torch.allclose(logits(artifact.base.model, batch), expected)  # the adapter does something
+    assert not torch.allclose(base, expected)  # the adapter does something
+    with backend.disabled(artifact.model):  # what a disable_adapter() check needs
+        assert torch.allclose(logits(artifact.model, batch), base, atol=1e-5)
+    assert torch.equal(logits(artifact.model, batch), expected)
