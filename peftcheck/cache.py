@@ -204,8 +204,7 @@ class Pipeline:
             model, suite_data.train, collate, args=args, device=base.device,
             step_hook=methods.optimizer_step_hook(model),
         )  # fmt: skip
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable, total = methods.parameter_counts(model)
         metrics: dict[str, dict[str, Any]] = {
             "final_loss": {"value": result.loss_curve[-1][1] if result.loss_curve else None, "unit": "nats"},
             "train_time_s": {"value": result.train_time_s, "unit": "s"},

@@ -15,6 +15,7 @@ from peftcheck.spec import MethodSpec
 
 __all__ = [
     "build_config",
+    "parameter_counts",
     "apply_method",
     "is_prompt_learning",
     "can_merge",
@@ -76,6 +77,20 @@ def apply_method(model: Any, config: Any, *, quantization: str, name: str) -> An
         return get_peft_model(model, config)
     except ValueError as exc:  # e.g. "Target modules ... not found in the base model"
         raise SuiteError(f"peft could not apply the method: {exc}", field=f"methods.{name}") from None
+
+
+def _logical_numel(param: Any) -> int:
+    """Elements a parameter stands for: bitsandbytes packs two 4-bit values per storage byte."""
+    if type(param).__name__ == "Params4bit":
+        storage = getattr(param, "quant_storage", None)
+        return param.numel() * 2 * (storage.itemsize if storage is not None else 1)
+    return param.numel()
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters, counting 4-bit weights as the weights they encode."""
+    trainable = sum(_logical_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(_logical_numel(p) for p in model.parameters())
 
 
 def is_prompt_learning(config: Any) -> bool:

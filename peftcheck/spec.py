@@ -211,19 +211,34 @@ class LoadedSuite(BaseModel):
         return json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
 
 
-def _line_map(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+def _line_map(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = None,
+              seen: set[int] | None = None) -> dict[str, int]:
+    """Dotted field -> line. An aliased node is walked once (aliases can nest exponentially)."""
     out = {} if out is None else out
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return out
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
             out[key] = key_node.start_mark.line + 1
-            _line_map(value_node, key, out)
+            _line_map(value_node, key, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             key = f"{prefix}.{index}"
             out[key] = item.start_mark.line + 1
-            _line_map(item, key, out)
+            _line_map(item, key, out, seen)
     return out
+
+
+_MAX_ALIASES = 100  # a suite needs few; many nested aliases are a "billion laughs" input
+
+
+def _check_aliases(text: str, path: str) -> None:
+    aliases = sum(1 for event in yaml.parse(text, Loader=yaml.SafeLoader) if isinstance(event, yaml.AliasEvent))
+    if aliases > _MAX_ALIASES:
+        raise SuiteError(f"{aliases} YAML aliases; at most {_MAX_ALIASES} are accepted", file=path)
 
 
 def _first_error(error: ValidationError) -> tuple[tuple[str | int, ...], str]:
@@ -249,6 +264,7 @@ def _hint_for(loc: tuple[str | int, ...], message: str) -> str | None:
 def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
     """Parse and validate a suite from YAML text; every failure is a located SuiteError."""
     try:
+        _check_aliases(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -256,6 +272,12 @@ def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise SuiteError(f"invalid YAML: {problem}", file=path, line=line) from None
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        # PyYAML's constructors raise these on malformed tagged scalars (`!!int `, `0x_`,
+        # `!!bool maybe`): yaml/pyyaml#933, #898
+        raise SuiteError(f"invalid YAML: {type(exc).__name__}: {exc}", file=path) from None
+    except RecursionError:
+        raise SuiteError("invalid YAML: a recursive alias (an anchor used inside itself)", file=path) from None
     if not isinstance(data, dict):
         raise SuiteError(
             f"a suite is a mapping with keys suite, model, data, methods; got {type(data).__name__}",

@@ -60,26 +60,16 @@ def test_yaml_text_raises_only_suite_error(text: str) -> None:
     loads_or_suite_error(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="spec.py: a YAML alias inside its own anchor (`a: &x [*x]`) builds a structure that "
-    "contains itself; _line_map / validation recurse until RecursionError instead of SuiteError",
-)
+# Found by this test: a recursive alias used to raise RecursionError (fixed in spec.py).
 @given(ss.yaml_texts(aliases=True, tags=False))
 @example("a: &x [*x]\n")  # minimal counterexample, found by this test
+@example("a: &a [1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n")
 def test_yaml_aliases_raise_only_suite_error(text: str) -> None:
     loads_or_suite_error(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, IndexError, KeyError),
-    reason="spec.py: PyYAML's SafeLoader builds tagged or int-looking scalars with int()/float() "
-    "and raises ValueError/IndexError/KeyError, not YAMLError (yaml/pyyaml#933, #898), and "
-    "load_suite_text catches only YAMLError (`!!int ` -> IndexError; `!!int suite: s` and "
-    "`0x_` -> ValueError)",
-)
+# Found by this test: PyYAML raises ValueError/IndexError/KeyError on malformed tagged
+# scalars (yaml/pyyaml#933, #898); spec.py now turns them into SuiteError.
 @given(ss.yaml_texts(aliases=False, tags=True))
 @example("!!int ")  # minimal counterexample, found by this test: IndexError
 def test_yaml_tags_raise_only_suite_error(text: str) -> None:

@@ -147,3 +147,13 @@ def test_fixed_seed_gives_identical_measurements() -> None:
     other_seed = tiny_suite({"lora": {**LORA, "lora_dropout": 0.1}})
     other_seed["train"].update(max_steps=3, seed=1)
     assert quiet_pipeline().artifact(load(other_seed), "lora").record["loss_curve"] != records[0]["loss_curve"]
+
+
+def test_four_bit_weights_count_as_the_weights_they_encode() -> None:
+    pytest.importorskip("bitsandbytes")
+    suite = tiny_suite({"lora": LORA, "qlora": {**LORA, "quantization": "nf4"}})
+    suite["train"]["max_steps"] = 1
+    pipeline, loaded = quiet_pipeline(), load(suite)
+    full, packed = (pipeline.artifact(loaded, m).record for m in ("lora", "qlora"))
+    assert packed["trainable_params"] == full["trainable_params"]
+    assert packed["total_params"] == full["total_params"]
