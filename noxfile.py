@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -145,11 +147,12 @@ def _write_cell(cell: Cell, record: dict[str, object], *, fresh: bool) -> None:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def _merge(session: nox.Session, *, python: str = "python") -> None:
+def _merge(session: nox.Session, *, python: str = "python", external: bool = False) -> None:
+    """Re-merge the page from every cell's results file there is (exit 1 = a flip: not an error)."""
     files = [str(c.results) for c in CELLS if c.results.exists()]
     if files:
         session.run(python, "-m", "peftcheck", "matrix", *files, "-o", str(MATRIX_DIR / "index.html"),
-                    success_codes=[0, 1], env=_env())  # fmt: skip
+                    success_codes=[0, 1], env=_env(), external=external)  # fmt: skip
 
 
 @nox.session
@@ -195,7 +198,9 @@ def matrix(session: nox.Session, cell: Cell) -> None:
     installed = time.perf_counter()
     if reason is not None:
         _write_cell(cell, {**base, "status": "not-installable", "reason": reason,
-                           "install_s": installed - started}, fresh=True)  # fmt: skip
+                           "install_s": round(installed - started, 1)}, fresh=True)  # fmt: skip
+        if importlib.util.find_spec("peftcheck") is not None:  # this venv has no peftcheck: nox's own
+            _merge(session, python=sys.executable, external=True)
         session.skip(f"{cell.id} cannot be installed together: {reason}")
     env = {**_env(), "PEFTCHECK_CACHE_DIR": str(Path(session.virtualenv.location) / "peftcheck-cache")}
     probe = session.run("python", "-c", "import torch, transformers, peft; print('import-ok')",

@@ -50,6 +50,11 @@ class _Version:
         return self.key < other.key
 
 
+def _public(version: str | None) -> str | None:
+    """The version without its local label: torch 2.13.0+cpu and 2.13.0 are one release."""
+    return version.split("+")[0] if version else version
+
+
 @dataclasses.dataclass
 class Column:
     """One version cell: the versions it ran with, where its records came from, how it went."""
@@ -259,7 +264,7 @@ def build_matrix(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> Matrix:
         for record in items.values():
             outcome = str(record.get("outcome"))
             column.counts[outcome] = column.counts.get(outcome, 0) + 1
-    varying = [a for a in AXES if len({c.versions.get(a) for c in columns}) > 1]
+    varying = [a for a in AXES if len({_public(c.versions.get(a)) for c in columns}) > 1]
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return Matrix(columns, rows, flips, now, varying)
 

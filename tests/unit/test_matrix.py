@@ -66,6 +66,8 @@ def test_columns_are_ordered_oldest_first_and_label_their_versions() -> None:
     assert [c.versions["peft"] for c in matrix.columns] == ["0.13.2", "0.21.2"]
     assert matrix.columns[0].label == "peft 0.13.2 · tf 4.46.3 · bnb 0.44.1"
     assert matrix.varying == ["peft", "transformers", "bitsandbytes"]
+    declared = run({**OLD, "torch": "2.13.0+cpu"}, check("lora", "x", "passed"))  # a local label is no new release
+    assert "torch" not in build_matrix([("a", declared), ("b", run(NEW, check("lora", "x", "passed")))]).varying
 
 
 def test_files_of_one_version_cell_merge_into_one_column() -> None:
