@@ -159,9 +159,9 @@ def _merge(session: nox.Session, *, python: str = "python", external: bool = Fal
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The project's own tests (unit, integration, properties) on the newest releases."""
+    """The project's own tests on the newest releases (arguments replace the path `tests`)."""
     session.install(TORCH, "-e", f".[{EXTRAS}]")
-    session.run("pytest", "tests", "-p", "no:cacheprovider", *session.posargs, env=_env())
+    session.run("pytest", *(session.posargs or ["tests"]), "-p", "no:cacheprovider", env=_env())
 
 
 @nox.session(default=False)
