@@ -1,3 +1,3 @@
 """Imports every built-in check module so each registers itself."""
 
-from peftcheck.checks import learning, parameters, regression  # noqa: F401
+from peftcheck.checks import learning, merging, parameters, persistence, quality, regression, resources  # noqa: F401

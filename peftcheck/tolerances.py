@@ -1,0 +1,166 @@
+"""How far each dtype, quantization and method may stray from the exact adapter contracts.
+
+One table, keyed by (dtype or quantization, peft type), says when two outputs count as equal:
+float bases compare raw logits (max and mean absolute difference), 4/8-bit bases compare
+distributions (KL divergence and top-1 agreement), because their raw logits are not
+comparable after a merge re-quantizes the weights. Suites override single fields. What a
+method saves in its checkpoint in place of its live tensors also lives here, so the checks
+never branch on a method's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "expected_checkpoint"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """When two outputs (and two sets of base weights) count as equal.
+
+    A float tolerance bounds ``max_abs``/``mean_abs`` logit differences; a distribution
+    tolerance bounds ``max_kl`` and ``min_top1``. ``weight_rtol`` bounds how far any base
+    weight tensor may move, ||W' - W|| / ||W|| (unmerge must restore the base)."""
+
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    max_kl: float | None = None
+    min_top1: float | None = None
+    weight_rtol: float = 0.0
+    source: str = ""
+
+    @property
+    def by_distribution(self) -> bool:
+        return self.max_abs is None and self.mean_abs is None
+
+    def problems(self, diff: Any, what: str) -> list[str]:
+        """Why ``diff`` (an outputs.Diff) is not 'equal' under this tolerance; empty if it is."""
+        found = []
+        if self.max_abs is not None and not diff.max_abs <= self.max_abs:
+            found.append(f"{what}: max |Δlogit| {diff.max_abs:.3g} > {self.max_abs:g}")
+        if self.mean_abs is not None and not diff.mean_abs <= self.mean_abs:
+            found.append(f"{what}: mean |Δlogit| {diff.mean_abs:.3g} > {self.mean_abs:g}")
+        if self.max_kl is not None and not diff.kl <= self.max_kl:
+            found.append(f"{what}: KL {diff.kl:.3g} > {self.max_kl:g}")
+        if self.min_top1 is not None and not diff.top1 >= self.min_top1:
+            found.append(f"{what}: top-1 agreement {diff.top1:.4f} < {self.min_top1:g}")
+        return found
+
+    def differs(self, diff: Any) -> bool:
+        """True when ``diff`` is beyond what this tolerance calls equal (an adapter that does
+        something must pass this against the base, or the equality checks prove nothing)."""
+        return bool(self.problems(diff, ""))
+
+    def describe(self) -> str:
+        if self.by_distribution:
+            return f"KL <= {self.max_kl:g}, top-1 agreement >= {self.min_top1:g}"
+        return f"max |Δlogit| <= {self.max_abs:g}, mean |Δlogit| <= {self.mean_abs:g}"
+
+    def override(self, **fields: Any) -> "Tolerance":
+        given = {k: v for k, v in fields.items() if v is not None}
+        if not given:
+            return self
+        return dataclasses.replace(self, **given, source=f"{self.source} overridden by the suite ({given})")
+
+
+# Key: (dtype, peft type) for float bases, (quantization, peft type) for bitsandbytes bases;
+# "*" matches any peft type. Each entry's comment says where its numbers come from.
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    # Float bases compare raw logits. Measured on SmolLM2-135M (4 held-out quotes, ~80 tokens x
+    # 49k logits; LoRA r=8 on q/v moving the weights by ||dW||/||W|| = 0.04-0.06), merged vs
+    # unmerged max/mean |dlogit| and the unmerge residue ||W'-W||/||W||:
+    # fp32 7e-5 / 7e-6, residue 6e-9: only the summation order differs.
+    ("float32", "*"): Tolerance(max_abs=1e-3, mean_abs=1e-4, weight_rtol=1e-5),
+    # bf16 (8-bit mantissa): round(W + dW) is one more rounding of every adapted weight, and it
+    # shows: 1.25 / 0.12 (the adapter's own effect was 2.2 / 0.23), residue 8e-4.
+    ("bfloat16", "*"): Tolerance(max_abs=2.0, mean_abs=0.2, weight_rtol=4e-3),
+    # fp16 (11-bit mantissa): 0.14 / 0.014, residue 9e-5.
+    ("float16", "*"): Tolerance(max_abs=0.5, mean_abs=0.05, weight_rtol=5e-4),
+    # 4/8-bit bases: raw logits are not comparable once a merge re-quantizes W+BA, so outputs
+    # are judged by the next-token distribution: the adapter moves it by KL 0.3-0.45 on
+    # SmolLM2-135M (top-1 agreement with the base 0.62-0.68); a merge must stay an order of
+    # magnitude closer to the unmerged adapter than that. Base weights are compared
+    # dequantized: equal codes dequantize identically, and one flipped code in a 576x576
+    # tensor already moves it by ~1e-3 (||W||), so 1e-4 means "no code changed".
+    ("nf4", "*"): Tolerance(max_kl=0.05, min_top1=0.9, weight_rtol=1e-4),
+    ("fp4", "*"): Tolerance(max_kl=0.05, min_top1=0.9, weight_rtol=1e-4),
+    ("int8", "*"): Tolerance(max_kl=0.01, min_top1=0.95, weight_rtol=1e-4),
+}
+
+
+def tolerance_for(*, dtype: str, quantization: str, peft_type: str) -> Tolerance:
+    """The table's tolerance for a base of ``dtype``/``quantization`` and a method's peft type."""
+    key = quantization if quantization != "none" else dtype
+    for candidate in ((key, peft_type), (key, "*")):
+        if candidate in TOLERANCES:
+            found = TOLERANCES[candidate]
+            return dataclasses.replace(found, source=f"table[{candidate[0]}, {candidate[1]}]")
+    raise KeyError(f"no tolerance for {key!r}; the table has {sorted({k for k, _ in TOLERANCES})}")
+
+
+def expected_checkpoint(peft_model: Any, adapter: str | None = None, *, trainable_only: bool = True) -> dict[str, Any]:
+    """What an adapter-only checkpoint of ``adapter`` must hold, derived from the live model:
+    checkpoint key -> {"shape", "tensor" (live value, or None when only the shape is fixed),
+    "from" (the live parameter(s) it stands for)}. ``trainable_only=False`` also covers an
+    adapter loaded for inference (its tensors do not require grad).
+
+    - prompt learning saves one table, ``prompt_embeddings``: the virtual tokens the encoder
+      produces (the encoder's own MLP/LSTM weights are not saved, by peft's design);
+    - budget-allocated ranks (a config ``rank_pattern`` of masks, AdaLoRA) are saved pruned
+      to the ranks kept: the rank dimension shrinks to the number of kept ranks;
+    - every other trainable tensor is saved under its name without the adapter name;
+    - AdapterHub adapters (backend ``adapters``) save every trainable tensor under its own name."""
+    import torch
+
+    from peftcheck.methods import is_prompt_learning
+
+    if getattr(peft_model, "peftcheck_backend", None) == "adapters":
+        return {
+            name: {"shape": tuple(p.shape), "tensor": p.detach().cpu(), "from": [name]}
+            for name, p in peft_model.named_parameters() if p.requires_grad or not trainable_only
+        }  # fmt: skip
+    adapter = adapter or peft_model.active_adapter
+    config = peft_model.peft_config[adapter]
+    if is_prompt_learning(config):
+        with torch.no_grad():
+            if config.inference_mode:  # a loaded prompt adapter is its table, with no encoder network
+                table = peft_model.prompt_encoder[adapter].embedding.weight.detach().cpu()
+            else:
+                table = peft_model.get_prompt_embedding_to_save(adapter_name=adapter).detach().cpu()
+        sources = [
+            n for n, p in peft_model.named_parameters()
+            if f".{adapter}." in n and (p.requires_grad or not trainable_only)
+        ]  # fmt: skip
+        return {"prompt_embeddings": {"shape": tuple(table.shape), "tensor": table, "from": sources}}
+    pattern = getattr(config, "rank_pattern", None) or {}
+    expected: dict[str, Any] = {}
+    for name, param in peft_model.named_parameters():
+        parts = name.split(".")
+        if adapter not in parts or not (param.requires_grad or not trainable_only):
+            continue
+        key = ".".join(p for p in parts if p != adapter).replace("modules_to_save.", "")
+        shape, tensor = tuple(param.shape), param.detach().cpu()
+        mask = _rank_mask(pattern, key, adapter)
+        if mask is not None and len(mask) in shape:
+            kept = int(sum(bool(m) for m in mask))
+            shape = tuple(kept if size == len(mask) else size for size in shape)
+            tensor = None  # values are checked through the reload, not bitwise
+        expected[key] = {"shape": shape, "tensor": tensor, "from": [name]}
+    return expected
+
+
+def _rank_mask(pattern: dict[str, Any], key: str, adapter: str) -> list[Any] | None:
+    """The kept-rank mask recorded for the module holding checkpoint ``key``, if any.
+
+    AdaLoRA records masks under the name of a module's singular-value vector, e.g.
+    ``model.layers.0.self_attn.q_proj.lora_E.default``: the module is that name without the
+    adapter and the parameter."""
+    for name, mask in pattern.items():
+        if not isinstance(mask, (list, tuple)):
+            continue  # LoRA's rank_pattern maps modules to plain ranks: live shapes already follow
+        module = ".".join(p for p in name.split(".") if p != adapter).rsplit(".", 1)[0]
+        if f".{module}." in f".{key}":
+            return list(mask)
+    return None
