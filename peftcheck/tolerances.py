@@ -20,8 +20,8 @@ __all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "expected_checkpoint"]
 class Tolerance:
     """When two outputs (and two sets of base weights) count as equal.
 
-    A float tolerance bounds ``max_abs``/``mean_abs`` logit differences; a distribution
-    tolerance bounds ``max_kl`` and ``min_top1``. ``weight_rtol`` bounds how far any base
+    A float tolerance bounds ``max_abs``/``mean_abs`` logit differences, a distribution
+    tolerance ``max_kl`` and ``min_top1``; a tolerance may hold both kinds. ``weight_rtol`` bounds how far any base
     weight tensor may move, ||W' - W|| / ||W|| (unmerge must restore the base)."""
 
     max_abs: float | None = None
@@ -33,7 +33,12 @@ class Tolerance:
 
     @property
     def by_distribution(self) -> bool:
+        """Only distribution bounds: raw logits are not compared (4/8-bit bases)."""
         return self.max_abs is None and self.mean_abs is None
+
+    @property
+    def judges_distribution(self) -> bool:
+        return self.max_kl is not None or self.min_top1 is not None
 
     def problems(self, diff: Any, what: str) -> list[str]:
         """Why ``diff`` (an outputs.Diff) is not 'equal' under this tolerance; empty if it is."""
@@ -54,9 +59,13 @@ class Tolerance:
         return bool(self.problems(diff, ""))
 
     def describe(self) -> str:
-        if self.by_distribution:
-            return f"KL <= {self.max_kl:g}, top-1 agreement >= {self.min_top1:g}"
-        return f"max |Δlogit| <= {self.max_abs:g}, mean |Δlogit| <= {self.mean_abs:g}"
+        bounds = [
+            f"max |Δlogit| <= {self.max_abs:g}" if self.max_abs is not None else "",
+            f"mean |Δlogit| <= {self.mean_abs:g}" if self.mean_abs is not None else "",
+            f"KL <= {self.max_kl:g}" if self.max_kl is not None else "",
+            f"top-1 agreement >= {self.min_top1:g}" if self.min_top1 is not None else "",
+        ]
+        return ", ".join(b for b in bounds if b)
 
     def override(self, **fields: Any) -> "Tolerance":
         given = {k: v for k, v in fields.items() if v is not None}
@@ -73,11 +82,15 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # unmerged max/mean |dlogit| and the unmerge residue ||W'-W||/||W||:
     # fp32 7e-5 / 7e-6, residue 6e-9: only the summation order differs.
     ("float32", "*"): Tolerance(max_abs=1e-3, mean_abs=1e-4, weight_rtol=1e-5),
-    # bf16 (8-bit mantissa): round(W + dW) is one more rounding of every adapted weight, and it
-    # shows: 1.25 / 0.12 (the adapter's own effect was 2.2 / 0.23), residue 8e-4.
-    ("bfloat16", "*"): Tolerance(max_abs=2.0, mean_abs=0.2, weight_rtol=4e-3),
-    # fp16 (11-bit mantissa): 0.14 / 0.014, residue 9e-5.
-    ("float16", "*"): Tolerance(max_abs=0.5, mean_abs=0.05, weight_rtol=5e-4),
+    # bf16 (8-bit mantissa): round(W + dW) is one more rounding of every adapted weight. After
+    # 10 training steps (suites/quotes_bf16.yaml): 10.3 / 0.18, KL 0.0096, top-1 agreement 0.991,
+    # residue 6e-4 (the adapter's own effect: 22.6 / 1.47, KL 0.21). The max comes from one
+    # outlier token: merge -> unmerge, whose weights are back within 6e-4, is off by as much.
+    # A merge off by 1% of dW is below this floor: bf16 cannot show it.
+    ("bfloat16", "*"): Tolerance(max_abs=16.0, mean_abs=0.35, max_kl=0.05, min_top1=0.97, weight_rtol=4e-3),
+    # fp16 (11-bit mantissa, 8x finer than bf16): a random r=8 adapter measured 0.14 / 0.014,
+    # residue 9e-5; the bounds are bf16's scaled by 8.
+    ("float16", "*"): Tolerance(max_abs=2.0, mean_abs=0.05, weight_rtol=5e-4),
     # 4/8-bit bases: raw logits are not comparable once a merge re-quantizes W+BA, so outputs
     # are judged by the next-token distribution: the adapter moves it by KL 0.3-0.45 on
     # SmolLM2-135M (top-1 agreement with the base 0.62-0.68); a merge must stay an order of

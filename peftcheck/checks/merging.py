@@ -41,7 +41,7 @@ def _record_diffs(ctx: CheckContext, prefix: str, diffs: dict[str, Diff], tol: T
     values = list(diffs.values())
     _record(ctx, f"{prefix}_max_abs_diff", max(d.max_abs for d in values), "logits")
     _record(ctx, f"{prefix}_mean_abs_diff", max(d.mean_abs for d in values), "logits")
-    if tol.by_distribution:
+    if tol.judges_distribution:
         _record(ctx, f"{prefix}_kl", max(d.kl for d in values), "nats")
         _record(ctx, f"{prefix}_top1_agreement", min(d.top1 for d in values), "fraction")
 
@@ -137,7 +137,7 @@ def unmerge_restores(ctx: CheckContext, params: ToleranceParams) -> Measurement:
         problems.append(f"merge_adapter changed no base weight beyond {tol.weight_rtol:g}: nothing to unmerge")
     _record(ctx, "unmerge_weight_residue", residue, "relative")
     _record(ctx, "unmerge_max_abs_diff", output.max_abs, "logits")
-    if tol.by_distribution:
+    if tol.judges_distribution:
         _record(ctx, "unmerge_kl", output.kl, "nats")
     return Measurement(
         passed=not problems,
