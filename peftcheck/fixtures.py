@@ -58,7 +58,9 @@ def _build_smollm2(folder: Path) -> None:
     gguf = smollm2_gguf()
     print(f"peftcheck: converting {gguf.name} to safetensors (once) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    from peftcheck.models import dtype_kwarg
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kwarg(torch.float32))
     # GGUF weights are dequantized on load; drop the quantizer so the float model can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

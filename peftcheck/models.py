@@ -10,7 +10,8 @@ from typing import Any
 from peftcheck.errors import MissingExtraError, ResolveError
 from peftcheck.fixtures import BUILTIN_MODELS, materialise, smollm2_gguf
 
-__all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available"]
+__all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available",
+           "dtype_kwarg"]
 
 # Published configurations for hub models a GPU runner may not be able to download: the same
 # architecture with random weights is faithful for memory and speed, not for quality.
@@ -94,6 +95,15 @@ def resolve_model(ref: str, *, base_dir: Path | None = None, build: bool = True)
     raise ResolveError(f"model {ref!r} not found; tried: " + "; ".join(tried), field="model")
 
 
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """``dtype=`` for from_pretrained/from_config; transformers before 4.56 calls it torch_dtype."""
+    import transformers
+    from packaging.version import Version
+
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
 def pick_device(requested: str) -> str:
     import torch
 
@@ -135,7 +145,7 @@ def load_base(
     if source.synthetic_config is not None:
         path = str(_synthetic_folder(source, torch_dtype, device))
     quant = _quantization_config(quantization, torch_dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {**dtype_kwarg(torch_dtype), "trust_remote_code": trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device}
@@ -174,7 +184,7 @@ def _synthetic_folder(source: ModelSource, torch_dtype: Any, device: str) -> Pat
             torch.manual_seed(0)
             config = AutoConfig.for_model(**source.synthetic_config)
             with torch.device(device):
-                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+                model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(torch_dtype))
             model.save_pretrained(tmp)
             AutoTokenizer.from_pretrained(tokenizer_folder()).save_pretrained(tmp)
 
