@@ -296,8 +296,8 @@ class LatencyOverheadParams(CheckParams):
     texts: int = Field(
         1, ge=1, le=4, description="Held-out texts in the timed batch (1: the latency of one request)."
     )
-    rounds: int = Field(15, ge=3, description="Interleaved rounds (base, merged and unmerged timed per round).")
-    max_rounds: int = Field(45, ge=3, description="Rounds allowed while a ratio's 95% interval straddles its bound.")
+    rounds: int = Field(11, ge=3, description="Interleaved rounds (base, merged and unmerged timed per round).")
+    max_rounds: int = Field(33, ge=3, description="Rounds allowed while a ratio's 95% interval straddles its bound.")
     warmup: int = Field(2, ge=0, description="Untimed calls of each model first.")
     threads: int | None = _THREADS
 

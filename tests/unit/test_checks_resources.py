@@ -220,13 +220,14 @@ def test_sleep_in_the_merged_forward_is_caught(monkeypatch: pytest.MonkeyPatch) 
 
     def planted(self: Any, *args: Any, **kwargs: Any) -> Any:
         merged = real(self, *args, **kwargs)
-        merged.register_forward_pre_hook(lambda module, inputs: time.sleep(0.02))  # planted: 20 ms
+        merged.register_forward_pre_hook(lambda module, inputs: time.sleep(0.1))  # planted: 100 ms
         return merged
 
     monkeypatch.setattr(BaseTuner, "merge_and_unload", planted)
     pipeline, loaded = quiet_pipeline(), load(tiny_suite({"lora": LORA}))
     measurement = run_check(pipeline, loaded, "lora", "latency_overhead", max_merged_ratio=1.5)
-    assert not measurement.passed and measurement.value > 2, measurement.message
+    # a tiny-opt forward takes 2 ms on an idle core and 30 ms on a loaded one: 100 ms is plain
+    assert not measurement.passed and measurement.value > 1.5, measurement.message
     assert measurement.details["ratios"]["unmerged"]["ratio_median"] < 1.5  # only the merged model sleeps
 
 
@@ -241,8 +242,8 @@ def test_prompt_learning_has_no_merged_latency() -> None:
 
 
 def test_throughput_ratio_catches_a_slow_training_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    def slow_in_training(peft_model: Any) -> None:  # planted defect: 60 ms per training forward
-        peft_model.register_forward_pre_hook(lambda m, i: time.sleep(0.06) if m.training else None)
+    def slow_in_training(peft_model: Any) -> None:  # planted defect: 150 ms per training forward
+        peft_model.register_forward_pre_hook(lambda m, i: time.sleep(0.15) if m.training else None)
 
     _planted_apply(monkeypatch, "slow", slow_in_training)
     pipeline = quiet_pipeline()
@@ -250,7 +251,7 @@ def test_throughput_ratio_catches_a_slow_training_step(monkeypatch: pytest.Monke
     same = run_check(pipeline, loaded, "lora", "throughput", reference="lora", min_ratio=0.6)
     assert same.passed, same.message
     slow = run_check(pipeline, loaded, "slow", "throughput", reference="lora", min_ratio=0.6)
-    assert not slow.passed and slow.value < 0.5, slow.message
+    assert not slow.passed and slow.value < 0.6, slow.message
     metrics = pipeline.artifact(loaded, "slow").record["metrics"]
     assert metrics["train_tokens_per_s"]["unit"] == "tokens/s"
     assert metrics["throughput_ratio_to_lora"]["value"] == pytest.approx(slow.value)
