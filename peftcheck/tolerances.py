@@ -92,14 +92,21 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # residue 9e-5; the bounds are bf16's scaled by 8.
     ("float16", "*"): Tolerance(max_abs=2.0, mean_abs=0.05, weight_rtol=5e-4),
     # 4/8-bit bases: raw logits are not comparable once a merge re-quantizes W+BA, so outputs
-    # are judged by the next-token distribution: the adapter moves it by KL 0.3-0.45 on
-    # SmolLM2-135M (top-1 agreement with the base 0.62-0.68); a merge must stay an order of
+    # are judged by the next-token distribution. On SmolLM2-135M the adapter itself moves it by
+    # KL 0.3-0.45 (top-1 agreement with the base 0.62-0.69); a merge must stay an order of
     # magnitude closer to the unmerged adapter than that. Base weights are compared
     # dequantized: equal codes dequantize identically, and one flipped code in a 576x576
     # tensor already moves it by ~1e-3 (||W||), so 1e-4 means "no code changed".
+    # NF4 computes with the dequantized weights: merged into a dequantized copy is exact
+    # (KL 9e-12), so the bound is all merge error.
     ("nf4", "*"): Tolerance(max_kl=0.05, min_top1=0.9, weight_rtol=1e-4),
     ("fp4", "*"): Tolerance(max_kl=0.05, min_top1=0.9, weight_rtol=1e-4),
-    ("int8", "*"): Tolerance(max_kl=0.01, min_top1=0.95, weight_rtol=1e-4),
+    # LLM.int8 also quantizes the activations, with outlier columns picked over the whole batch.
+    # SmolLM2's int8 base against its own weights dequantized to float: KL 0.025, top-1
+    # agreement 0.88; one quote alone against the same quote inside the probe batch: KL 0.023
+    # (CPU, bitsandbytes 0.50.2): a row's output depends on the other rows of its batch. Merged
+    # vs unmerged measured KL 0.018, top-1 0.91, inside that floor; the bounds sit just past it.
+    ("int8", "*"): Tolerance(max_kl=0.05, min_top1=0.85, weight_rtol=1e-4),
 }
 
 
