@@ -12,7 +12,7 @@ from peftcheck.checks.registry import CheckParams
 from peftcheck.context import CheckContext
 from peftcheck.tolerances import Tolerance, tolerance_for
 
-__all__ = ["ToleranceParams", "Diff", "real_logits", "adapter_logits", "base_logits", "compare", "weight_diff"]
+__all__ = ["ToleranceParams", "table_tolerance", "Diff", "real_logits", "adapter_logits", "base_logits", "compare", "weight_diff"]
 
 
 class ToleranceParams(CheckParams):
@@ -27,14 +27,18 @@ class ToleranceParams(CheckParams):
     )
 
     def tolerance(self, ctx: CheckContext) -> Tolerance:
-        artifact = ctx.artifact()
-        peft_type = getattr(artifact.config, "peft_type", None)
-        table = tolerance_for(
-            dtype=artifact.base.dtype,
-            quantization=artifact.base.quantization,
-            peft_type=str(getattr(peft_type, "value", peft_type) or type(artifact.config).__name__),
-        )
-        return table.override(**self.model_dump(include={"max_abs", "mean_abs", "max_kl", "min_top1", "weight_rtol"}))
+        return table_tolerance(ctx).override(**self.model_dump(include={"max_abs", "mean_abs", "max_kl", "min_top1", "weight_rtol"}))
+
+
+def table_tolerance(ctx: CheckContext) -> Tolerance:
+    """The tolerance table's entry for this method's base dtype/quantization and peft type."""
+    artifact = ctx.artifact()
+    peft_type = getattr(artifact.config, "peft_type", None)
+    return tolerance_for(
+        dtype=artifact.base.dtype,
+        quantization=artifact.base.quantization,
+        peft_type=str(getattr(peft_type, "value", peft_type) or type(artifact.config).__name__),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

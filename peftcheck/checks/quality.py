@@ -36,6 +36,12 @@ class GenerationParams(CheckParams):
         0.05, ge=0, description="Largest fall of the score from before to after training; null: no bound."
     )
     max_new_tokens: int = Field(24, ge=1, le=512, description="Greedy tokens generated per prompt.")
+    min_greedy_agreement: float | None = Field(
+        None, ge=0, le=1,
+        description="Smallest share of generated tokens that a teacher-forced forward pass also "
+        "predicts (generate() must apply the adapter); default: the tolerance table's top-1 "
+        "agreement for the base, else 0.95.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _references_match_prompts(self) -> "GenerationParams":
@@ -65,8 +71,10 @@ def _held_out_texts(ctx: CheckContext, count: int) -> list[str]:
     return [t for t in texts if len(t.split()) >= 2][:count]
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, device: str) -> list[str]:
-    """Greedy completions (new text only), one prompt at a time so no padding is involved."""
+def _generate(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, device: str
+) -> list[tuple[str, list[int]]]:
+    """Greedy completions (text, new token ids), one prompt at a time so no padding is involved."""
     import torch
 
     was_training = model.training
@@ -76,13 +84,40 @@ def _generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens:
         encoded = tokenizer(prompt, return_tensors="pt").to(device)
         with torch.no_grad():
             ids = model.generate(
-                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
             )  # fmt: skip
-        new = ids[0, encoded["input_ids"].shape[1] :]
-        completions.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        new = ids[0, encoded["input_ids"].shape[1] :].tolist()
+        completions.append((tokenizer.decode(new, skip_special_tokens=True).strip(), new))
     model.train(was_training)
     return completions
+
+
+def _greedy_agreement(
+    model: Any, tokenizer: Any, prompts: list[str], completions: list[tuple[str, list[int]]], *, device: str
+) -> tuple[float, str | None]:
+    """Share of generated tokens that are the argmax of one teacher-forced forward pass over
+    prompt + completion, and where the first disagreement is: generate() must decode what
+    the model's forward pass computes (adapter included)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    agree, total, first = 0, 0, None
+    for index, (prompt, (_, new)) in enumerate(zip(prompts, completions)):
+        if not new:
+            continue
+        prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0].tolist()
+        full = torch.tensor([prompt_ids + new], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=full, attention_mask=torch.ones_like(full)).logits[0, -full.shape[1] :]
+        predicted = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+        hits = [p == t for p, t in zip(predicted, new)]
+        agree, total = agree + sum(hits), total + len(hits)
+        if first is None and not all(hits):
+            first = f"prompt {index}, token {hits.index(False)}"
+    model.train(was_training)
+    return (agree / total if total else 1.0), first
 
 
 def _scores(predictions: list[str], references: list[str] | None) -> dict[str, float]:
@@ -123,9 +158,11 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     key = ("generation", tuple(prompts), params.max_new_tokens)
     if key not in artifact.base.memo:  # the base is shared by every method of the suite
         artifact.base.memo[key] = _generate(artifact.base.model, tokenizer, prompts, **kwargs)
-    before = list(artifact.base.memo[key])
-    after = _generate(artifact.model, tokenizer, prompts, **kwargs)
+    generated = _generate(artifact.model, tokenizer, prompts, **kwargs)
+    before, after = [text for text, _ in artifact.base.memo[key]], [text for text, _ in generated]
     scores_before, scores_after = _scores(before, references), _scores(after, references)
+    agreement, diverges = _greedy_agreement(artifact.model, tokenizer, prompts, generated, device=device)
+    min_agreement = _min_agreement(ctx, params)
 
     score, base_score = scores_after[metric], scores_before[metric]
     problems = []
@@ -135,17 +172,24 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
         problems.append(f"{params.metric} {score:.4f} > {params.max}")
     if params.max_drop is not None and base_score - score > params.max_drop:
         problems.append(f"{params.metric} fell {base_score:.4f} -> {score:.4f} (more than {params.max_drop})")
+    if agreement < min_agreement:
+        problems.append(
+            f"generate() disagrees with the model's own forward pass: {agreement:.2f} of the generated "
+            f"tokens are its greedy choice (< {min_agreement:g}; first at {diverges})"
+        )
     record = artifact.record
     for name, value in scores_after.items():
         record["metrics"][f"generation_{name}"] = {"value": value, "unit": "score"}
         record["metrics"][f"generation_{name}_before"] = {"value": scores_before[name], "unit": "score"}
+    record["metrics"]["generation_greedy_agreement"] = {"value": agreement, "unit": "fraction"}
     refs = references or [None] * len(prompts)
     record["samples"] = [
         {"prompt": p, "before": b, "after": a, "reference": r} for p, b, a, r in zip(prompts, before, after, refs)
     ]
     bounds = [f"{params.metric} >= {params.min}" if params.min is not None else "",
               f"{params.metric} <= {params.max}" if params.max is not None else "",
-              f"drop <= {params.max_drop}" if params.max_drop is not None else ""]  # fmt: skip
+              f"drop <= {params.max_drop}" if params.max_drop is not None else "",
+              f"greedy agreement >= {min_agreement:g}"]  # fmt: skip
     return Measurement(
         passed=not problems,
         value=score,
@@ -153,8 +197,20 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
         unit=params.metric,
         message="; ".join(problems)
         or f"{params.metric} {base_score:.4f} before -> {score:.4f} after training ({len(prompts)} prompts)",
-        details={"before": scores_before, "after": scores_after, "prompts": len(prompts)},
+        details={
+            "before": scores_before, "after": scores_after, "prompts": len(prompts),
+            "greedy_agreement": agreement, "first_disagreement": diverges,
+        },  # fmt: skip
     )
+
+
+def _min_agreement(ctx: CheckContext, params: GenerationParams) -> float:
+    from peftcheck.checks.outputs import table_tolerance
+
+    if params.min_greedy_agreement is not None:
+        return params.min_greedy_agreement
+    table = table_tolerance(ctx)
+    return table.min_top1 if table.min_top1 is not None else 0.95
 
 
 class ForgettingParams(CheckParams):

@@ -35,7 +35,8 @@ def test_split_prompt_keeps_words_on_both_sides() -> None:
 def test_generation_records_samples_and_every_score_before_and_after(sound: Any) -> None:
     pipeline, loaded = sound
     measurement = run_check(pipeline, loaded, "lora", "generation", samples=3, max_new_tokens=6, max_drop=None)
-    assert measurement.passed and measurement.bound == "recorded only"
+    assert measurement.passed and measurement.bound == "greedy agreement >= 0.95"
+    assert measurement.details["greedy_agreement"] == 1.0 and measurement.details["first_disagreement"] is None
     assert set(measurement.details["after"]) == {
         "rouge1", "rouge2", "rougeL", "bleu", "sacrebleu", "exact_match", "distinct_1", "distinct_2"
     }  # fmt: skip
@@ -101,11 +102,32 @@ def test_generation_without_references_needs_a_reference_free_metric(sound: Any)
     assert set(distinct.details["after"]) == {"distinct_1", "distinct_2"}
 
 
-def test_prompt_learning_generates_through_its_virtual_tokens(sound: Any) -> None:
+def test_prompt_learning_generation_is_scored_and_its_greedy_agreement_recorded(sound: Any) -> None:
+    # peft 0.21.2 + transformers 5.24 decode prompt tuning differently from its forward pass
+    # (a finding the suites carry as a strict xfail); here only what is measured is asserted
     pipeline, loaded = sound
     measurement = run_check(pipeline, loaded, "prompt", "generation", samples=2, max_new_tokens=4, max_drop=None)
     samples = pipeline.artifact(loaded, "prompt").record["samples"]
-    assert measurement.passed and len(samples) == 2 and all(isinstance(s["after"], str) for s in samples)
+    assert len(samples) == 2 and all(isinstance(s["after"], str) for s in samples)
+    assert 0.0 <= measurement.details["greedy_agreement"] <= 1.0
+
+
+def test_generate_that_does_not_apply_the_adapter_is_caught(sound: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft import PeftModelForCausalLM
+
+    pipeline, loaded = sound
+    params = {"samples": 3, "max_new_tokens": 6, "max_drop": None}
+    assert run_check(pipeline, loaded, "lora", "generation", **params).passed
+    real = PeftModelForCausalLM.generate
+
+    def planted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.disable_adapter():  # planted defect: generation runs the base, not the adapter
+            return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModelForCausalLM, "generate", planted)
+    measurement = run_check(pipeline, loaded, "lora", "generation", **params)
+    assert not measurement.passed and "generate() disagrees with the model's own forward pass" in measurement.message
+    assert measurement.details["greedy_agreement"] < 0.95
 
 
 def test_sound_adapter_does_not_forget(sound: Any) -> None:
