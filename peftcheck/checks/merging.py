@@ -247,8 +247,10 @@ def _mixed_batch(
 
 @register_check("adapter_switching", params=AdapterSwitchingParams)
 def adapter_switching(ctx: CheckContext, params: AdapterSwitchingParams) -> Measurement:
-    """One base, two adapters: set_adapter gives each adapter's own output, and a mixed batch
-    matches the separate runs (or peft refuses it)."""
+    """One base, two adapters: set_adapter switches between their own outputs exactly.
+
+    A batch whose rows name different adapters must match the separate runs, or peft must
+    refuse it; silently running the active adapter on every row fails."""
     import torch
     from peft import PeftModel
 

@@ -79,9 +79,10 @@ def _reload(
 
 @register_check("save_load_roundtrip", params=SaveLoadParams)
 def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measurement:
-    """The adapter-only checkpoint is safetensors, holds every trainable tensor with its live
-    shape and value and no base weight, stays small, and a fresh base reloads the same outputs
-    (and saves the same checkpoint again)."""
+    """Adapter-only safetensors checkpoint: complete, no base weights, small, reloads exactly.
+
+    Every trainable tensor is saved with its live shape and value, none empty; a fresh base
+    plus the checkpoint gives the adapter's outputs, and saving that again gives the same file."""
     from peftcheck.tolerances import expected_checkpoint
 
     artifact = ctx.artifact()
