@@ -226,6 +226,8 @@ class Pipeline:
             "model": {"ref": base.source.ref, "source": base.source.source, "real": base.source.real},
             "metrics": metrics, "samples": [], "env": environment(),
         }  # fmt: skip
+        # a retrained (evicted) artifact keeps the first record, with what checks added to it
+        record = self._records.setdefault((suite.path + "::" + spec.suite, method), record)
         artifact = TrainedArtifact(
             suite, method, mspec, base, model, config, suite_data, collate, result, initial, record
         )
@@ -234,7 +236,6 @@ class Pipeline:
             f"peftcheck: trained {spec.suite}/{method} in {result.train_time_s:.1f}s"
             + (f", loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}" if loss else "")
         )
-        self._records.setdefault((suite.path + "::" + spec.suite, method), record)
         return artifact
 
     def close(self) -> None:
