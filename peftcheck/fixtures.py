@@ -15,7 +15,7 @@ from typing import Any
 from peftcheck.errors import MissingExtraError, ResolveError
 
 __all__ = [
-    "BuiltinModel", "BUILTIN_MODELS", "cache_dir", "materialise", "smollm2_gguf", "tokenizer_folder",
+    "BuiltinModel", "BUILTIN_MODELS", "cache_dir", "transformers_layout", "materialise", "smollm2_gguf", "tokenizer_folder",
     "atomic_build",
 ]  # fmt: skip
 
@@ -28,6 +28,14 @@ def cache_dir() -> Path:
         return Path(os.environ["PEFTCHECK_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "peftcheck"
+
+
+def transformers_layout() -> str:
+    """Cache entries are kept per transformers major version: the configs and tokenizer files
+    one writes, another may not read (5.x saves a ``TokenizersBackend`` class 4.x cannot load)."""
+    import transformers
+
+    return "transformers" + transformers.__version__.split(".")[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +93,7 @@ _TOKENIZER_TEXT = [
 
 def tokenizer_folder() -> Path:
     """A 512-token byte-level BPE tokenizer for the random-weight fixtures (no download)."""
-    folder = cache_dir() / "tokenizers" / "tiny-bpe-512"
+    folder = cache_dir() / "tokenizers" / transformers_layout() / "tiny-bpe-512"
     if not (folder / "tokenizer.json").exists():
 
         def build(tmp: Path) -> None:
@@ -179,7 +187,7 @@ def atomic_build(folder: Path, build: Callable[[Path], None]) -> None:
 def materialise(name: str) -> Path:
     """Folder of the built-in model ``name``, building it into the cache the first time."""
     model = BUILTIN_MODELS[name]
-    folder = cache_dir() / "models" / name
+    folder = cache_dir() / "models" / transformers_layout() / name
     if not (folder / "config.json").exists():
         atomic_build(folder, model.build)
     return folder

@@ -168,10 +168,10 @@ def _synthetic_folder(source: ModelSource, torch_dtype: Any, device: str) -> Pat
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from peftcheck.fixtures import atomic_build, tokenizer_folder, cache_dir
+    from peftcheck.fixtures import atomic_build, cache_dir, tokenizer_folder, transformers_layout
 
     name = f"{source.ref.replace('/', '--')}-{str(torch_dtype).removeprefix('torch.')}"
-    folder = cache_dir() / "synthetic" / name
+    folder = cache_dir() / "synthetic" / transformers_layout() / name
     if not (folder / "config.json").exists():
         if device == "cpu":
             raise ResolveError(

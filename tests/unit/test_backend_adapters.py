@@ -144,3 +144,57 @@ def _save_load_roundtrip(artifact: Any, trainable: dict[str, Any]) -> None:
     with backend.disabled(artifact.model):  # what a disable_adapter() check needs
         assert torch.allclose(logits(artifact.model, batch), base, atol=1e-5)
     assert torch.equal(logits(artifact.model, batch), expected)
+
+
+@pytest.fixture(scope="module")
+def trained_pfeiffer() -> Any:
+    from tests.helpers import CORPUS, load, quiet_pipeline
+
+    suite = {
+        "suite": "tiny-adapters", "model": "tiny-llama",
+        "data": {"dataset": CORPUS, "split": "train[:32]", "eval_split": "train[-8:]", "text_field": "text",
+                 "max_length": 24},
+        "train": {"max_steps": 4, "learning_rate": 1e-2, "per_device_train_batch_size": 8, "seed": 0},
+        "methods": {"pfeiffer": {"backend": "adapters", "config": "seq_bn"}},
+    }  # fmt: skip
+    return quiet_pipeline(), load(suite)
+
+
+@needs_adapters
+def test_adapters_disable_that_leaves_the_adapter_on_is_caught(
+    trained_pfeiffer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    from tests.helpers import run_check
+
+    pipeline, loaded = trained_pfeiffer
+    assert run_check(pipeline, loaded, "pfeiffer", "disable_equals_base").passed
+    # planted defect: a disable that does nothing, the adapter stays active inside
+    monkeypatch.setattr(backend, "disabled", lambda model: contextlib.nullcontext(model))
+    measurement = run_check(pipeline, loaded, "pfeiffer", "disable_equals_base")
+    assert not measurement.passed and "disabled vs base" in measurement.message
+
+
+@needs_adapters
+def test_adapters_save_that_drops_one_tensor_is_caught(
+    trained_pfeiffer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import run_check
+
+    pipeline, loaded = trained_pfeiffer
+    assert run_check(pipeline, loaded, "pfeiffer", "save_load_roundtrip").passed
+    real_save = backend.save
+
+    def drop_one(model: Any, folder: Any) -> Path:
+        path = real_save(model, folder)
+        state = load_file(path)
+        del state[sorted(state)[0]]  # planted defect: one adapter tensor missing from the file
+        save_file(state, str(path))
+        return path
+
+    monkeypatch.setattr(backend, "save", drop_one)
+    measurement = run_check(pipeline, loaded, "pfeiffer", "save_load_roundtrip")
+    assert not measurement.passed and "1 missing tensor(s)" in measurement.message
