@@ -37,6 +37,18 @@ def test_validate_reports_unknown_config_argument(tmp_path: Path, capsys: pytest
     assert "methods.lora.lora_alpah: unknown argument of LoraConfig" in err and "lora_alpha" in err
 
 
+def test_validate_says_which_adapters_methods_it_could_not_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peftcheck.backends import adapters
+
+    monkeypatch.setattr(adapters, "is_adapters_available", lambda: False)
+    path = write(tmp_path, tiny_suite({"houlsby": {"backend": "adapters", "config": "double_seq_bn"}}))
+    assert main(["validate", str(path)]) == 0  # the suite is fine; its items skip where adapters is missing
+    err = capsys.readouterr().err
+    assert "methods.houlsby: not checked here: adapters is not installed" in err
+
+
 def test_missing_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
