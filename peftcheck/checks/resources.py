@@ -331,10 +331,11 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
         merged.eval()
         arms["merged"] = forward_call(merged, batch)
     bounds = {"merged": [params.max_merged_ratio, params.min_merged_ratio], "unmerged": [params.max_unmerged_ratio]}
+    judged = [a for a in arms if a != "base"]
     with torch_threads(params.threads):
         timings = interleaved(
             arms, rounds=params.rounds, warmup=params.warmup, max_rounds=params.max_rounds,
-            undecided=lambda t: any(_straddles(t, a, "base", bounds[a]) for a in arms if a != "base"),
+            undecided=lambda t: any(_straddles(t, a, "base", bounds[a]) for a in judged),
         )  # fmt: skip
     del merged, arms
     figures = {a: timings.summary(a, "base") for a in timings.times if a != "base"}

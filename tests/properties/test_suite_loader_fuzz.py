@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 import peftcheck.spec
 from peftcheck.cli import main
