@@ -35,7 +35,7 @@ def test_inference_latency(benchmark: Any, bench: Any, method: str, variant: str
     spec = bench.loaded.spec.data
     batch = probe_batch(artifact.base.tokenizer, artifact.data.eval_texts, max_length=spec.max_length, device=artifact.device)
     model = {
-        "base": lambda: artifact.base.model,
+        "base": lambda: copy.deepcopy(artifact.base.model).eval(),  # copies time alike; the loaded base does not
         "unmerged": lambda: artifact.model,
         "merged": lambda: copy.deepcopy(artifact.model).merge_and_unload().eval(),
     }[variant]()

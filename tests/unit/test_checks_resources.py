@@ -231,6 +231,25 @@ def test_sleep_in_the_merged_forward_is_caught(monkeypatch: pytest.MonkeyPatch) 
     assert measurement.details["ratios"]["unmerged"]["ratio_median"] < 1.5  # only the merged model sleeps
 
 
+def test_every_latency_arm_is_timed_on_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base as loaded runs slower than any deep copy of it (about 8% for SmolLM2 on this CPU),
+    so timing it against the adapter's copies would bias every ratio: the base arm is a copy too."""
+    from peftcheck.resources import calls
+
+    timed: list[Any] = []
+    real = calls.forward_call
+
+    def record(model: Any, batch: dict[str, Any]) -> Any:
+        timed.append(model)
+        return real(model, batch)
+
+    monkeypatch.setattr(calls, "forward_call", record)
+    pipeline, loaded = quiet_pipeline(), load(tiny_suite({"lora": LORA}))
+    assert run_check(pipeline, loaded, "lora", "latency_overhead", max_merged_ratio=3, max_unmerged_ratio=4).passed
+    base = pipeline.artifact(loaded, "lora").base.model
+    assert len(timed) == 3 and all(model is not base for model in timed)
+
+
 def test_prompt_learning_has_no_merged_latency() -> None:
     loaded = load(tiny_suite({"prompt": {"peft": "PromptTuningConfig", "num_virtual_tokens": 4}}))
     pipeline = quiet_pipeline()
