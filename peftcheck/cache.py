@@ -200,6 +200,8 @@ class Pipeline:
         initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
         if not initial:
             raise PeftcheckError(f"{spec.suite}/{method}: the method made no parameter trainable")
+        # the adapter as initialised, before any step: LoRA starts as the identity, a prefix does not
+        init_ppl = None if suite_data.eval is None else perplexity(model, suite_data.eval, collate, device=base.device)
         result = train_model(
             model, suite_data.train, collate, args=args, device=base.device,
             step_hook=methods.optimizer_step_hook(model),
@@ -215,6 +217,7 @@ class Pipeline:
             ppl = perplexity(model, suite_data.eval, collate, device=base.device)
             metrics["eval_perplexity"] = {"value": ppl, "unit": "ppl"}
             metrics["base_eval_perplexity"] = {"value": self.base_perplexity(suite, base), "unit": "ppl"}
+            metrics["init_eval_perplexity"] = {"value": init_ppl, "unit": "ppl"}
         record = {
             "kind": "method", "suite": spec.suite, "suite_file": suite.path, "method": method,
             "status": "trained", "error": None, "fingerprint": fingerprint(suite, method),

@@ -85,8 +85,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _suite_files(args.paths)  # a clear error before pytest starts
     extra = list(args.pytest_args)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
     if args.results:
         extra += ["--peftcheck-results", args.results]
     return int(pytest.main([*args.paths, "-p", "no:cacheprovider", *extra]))
@@ -125,11 +123,12 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftcheck", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run suites through pytest (extra pytest args after --)")
+    run = sub.add_parser(
+        "run", help="run suites through pytest", usage="peftcheck run PATH... [--results FILE] [-- PYTEST_ARGS...]"
+    )
     run.add_argument("paths", nargs="+", metavar="PATH")
     run.add_argument("--results", metavar="FILE", help="results file (default reports/results.jsonl)")
-    run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- then pytest options")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, pytest_args=[])
     validate = sub.add_parser("validate", help="check suites without training")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.set_defaults(func=cmd_validate)
@@ -150,7 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after the first `--` goes to pytest untouched (argparse would otherwise let a
+    # trailing positional swallow `--results` and the paths' own options)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if passthrough:
+        if args.command != "run":
+            parser.error(f"arguments after -- are pytest options, only `peftcheck run` takes them: {passthrough}")
+        args.pytest_args = passthrough
     try:
         return int(args.func(args))
     except PeftcheckError as exc:

@@ -147,6 +147,7 @@ DEFAULT_METRICS: dict[str, MetricSpec] = {
     "final_loss": MetricSpec("lower", Tolerance("relative", 0.01)),
     "eval_perplexity": MetricSpec("lower", Tolerance("relative", 0.02)),
     "base_eval_perplexity": MetricSpec("none", Tolerance("relative", 0.01)),
+    "init_eval_perplexity": MetricSpec("none", Tolerance("relative", 0.01)),
     "unrelated_perplexity": MetricSpec("lower", Tolerance("relative", 0.02)),
     "train_time_s": _TIME,
     "tokens_per_s": _SPEED,

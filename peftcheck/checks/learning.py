@@ -44,11 +44,15 @@ class EvalPerplexityParams(CheckParams):
 
 @register_check("eval_perplexity", params=EvalPerplexityParams)
 def eval_perplexity(ctx: CheckContext, params: EvalPerplexityParams) -> Measurement:
-    """Held-out perplexity after training against the untrained base on the same split."""
+    """Held-out perplexity after training against the untrained base on the same split.
+
+    The adapter's perplexity before its first step is reported beside it: an initialisation
+    that is far from the identity (a random prefix) shows there, not as a training failure."""
     if ctx.suite.spec.data.eval_split is None:
         raise NotApplicable("the suite has no data.eval_split")
     metrics = ctx.method_record()["metrics"]
     ppl, base = metrics["eval_perplexity"]["value"], metrics["base_eval_perplexity"]["value"]
+    init = metrics.get("init_eval_perplexity", {}).get("value")
     ratio = ppl / base
     ok = ratio <= params.max_ratio_to_base and (params.max is None or ppl <= params.max)
     bound = f"ratio <= {params.max_ratio_to_base}" + (f", ppl <= {params.max}" if params.max else "")
@@ -57,6 +61,7 @@ def eval_perplexity(ctx: CheckContext, params: EvalPerplexityParams) -> Measurem
         value=ratio,
         bound=bound,
         unit="ratio to base",
-        message=f"perplexity {ppl:.2f} vs base {base:.2f} (ratio {ratio:.3f})",
-        details={"perplexity": ppl, "base_perplexity": base},
+        message=f"perplexity {ppl:.2f} vs base {base:.2f} (ratio {ratio:.3f})"
+        + ("" if init is None else f"; the untrained adapter: {init:.2f}"),
+        details={"perplexity": ppl, "base_perplexity": base, "init_perplexity": init},
     )

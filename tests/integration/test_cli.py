@@ -66,3 +66,42 @@ def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert schema["title"] == "peftcheck suite"
     assert {"suite", "model", "data", "methods"} <= set(schema["required"])
     assert schema["additionalProperties"] is False
+
+
+def test_run_passes_results_and_pytest_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest as pytest_module
+
+    path = write(tmp_path, tiny_suite({"lora": LORA}, expect={"trainable_ratio": {"max": 0.5}}))
+    seen: list[list[str]] = []
+    monkeypatch.setattr(pytest_module, "main", lambda args: seen.append(list(args)) or 0)
+    out = str(tmp_path / "r.jsonl")
+    # --results after the paths is peftcheck's own option; what follows -- is pytest's, verbatim
+    assert main(["run", str(path), "--results", out, "--", "-k", "lora and not base", "-x"]) == 0
+    assert seen[-1] == [str(path), "-p", "no:cacheprovider", "-k", "lora and not base", "-x",
+                        "--peftcheck-results", out]  # fmt: skip
+    assert main(["run", "--results", out, str(path)]) == 0
+    assert seen[-1] == [str(path), "-p", "no:cacheprovider", "--peftcheck-results", out]
+
+
+def test_arguments_after_double_dash_belong_to_run_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["schema", "--", "-x"])
+    assert exit_info.value.code == 2 and "only `peftcheck run`" in capsys.readouterr().err
+
+
+def test_run_end_to_end_writes_the_results_file(tmp_path: Path) -> None:
+    # as a user runs it: a subprocess, a tiny suite, one selected item, the results file asked for
+    import subprocess
+    import sys
+
+    path = write(tmp_path, tiny_suite({"lora": LORA}, expect={"trainable_ratio": {"max": 0.5}, "base_frozen": {}}))
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "peftcheck", "run", str(path), "--results", str(out), "--", "-k", "trainable_ratio"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    checks = [(r["method"], r["check"], r["outcome"]) for r in records if r.get("kind") == "check"]
+    assert checks == [("lora", "trainable_ratio", "passed")]  # -k reached pytest: base_frozen deselected
+    assert any(r.get("kind") == "method" and r["method"] == "lora" for r in records)

@@ -38,6 +38,17 @@ def test_sound_adapter_learns(sound: Any) -> None:
     assert loss.passed, loss.message
     ppl = run_check(pipeline, loaded, "lora", "eval_perplexity", max_ratio_to_base=1.0)
     assert ppl.passed and ppl.value < 1.0, ppl.message
+    # LoRA's B starts at zero: before its first step the adapter is the base
+    assert ppl.details["init_perplexity"] == pytest.approx(ppl.details["base_perplexity"], rel=1e-5)
+    assert "untrained adapter" in ppl.message
+
+
+def test_initial_perplexity_shows_a_non_identity_init() -> None:
+    # a prefix is random key/value vectors from the start: the untrained adapter is not the base
+    loaded = load(tiny_suite({"prefix": {"peft": "PrefixTuningConfig", "num_virtual_tokens": 4}}))
+    ppl = run_check(quiet_pipeline(), loaded, "prefix", "eval_perplexity", max_ratio_to_base=100.0)
+    init, base = ppl.details["init_perplexity"], ppl.details["base_perplexity"]
+    assert abs(init - base) > 1e-3 * base, ppl.message
 
 
 def test_target_typo_is_caught() -> None:
