@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -79,3 +82,25 @@ def test_schema_lists_every_field_with_a_description() -> None:
     for name, definition in schema["$defs"].items():
         for field, prop in definition.get("properties", {}).items():
             assert prop.get("description") or "$ref" in prop or "allOf" in prop, (name, field)
+
+
+def _documented_checks(readme: str) -> set[str]:
+    """Check names in the first column of the README's check tables."""
+    return set(re.findall(r"^\| `([a-z_0-9]+)` \|", readme, flags=re.MULTILINE))
+
+
+def test_readme_documents_every_registered_check_and_no_other() -> None:
+    import peftcheck.checks.builtin  # noqa: F401  (registers the built-in checks)
+    from peftcheck.checks import CHECKS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = _documented_checks(readme)
+    assert set(CHECKS) - documented == set(), "checks without a README row"
+    assert documented - set(CHECKS) - _metric_rows(readme) == set(), "README rows for checks that do not exist"
+
+
+def _metric_rows(readme: str) -> set[str]:
+    """The baseline metric table's rows also start with a backticked name: they are metrics."""
+    section = readme.split("Every metric has a direction and a tolerance", 1)[1].split("\n\n", 2)[1]
+    return _documented_checks(section)
+
