@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["ResultsWriter", "environment", "read_records", "SCHEMA_VERSION"]
+__all__ = ["ResultsWriter", "environment", "cpu_flags", "read_records", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "adapters")
@@ -25,6 +25,30 @@ def _version(package: str) -> str | None:
         return None
 
 
+# CPU features that change which kernels torch and bitsandbytes run (and so what they compute)
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo; empty where there is none (not Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``avx512_bf16``); empty where unknown."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts, without importing torch unless it is already imported."""
     env: dict[str, Any] = {
@@ -32,6 +56,8 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpuinfo().get("model name") or platform.processor() or None,
+        "cpu_flags": sorted(cpu_flags().intersection(_KERNEL_FLAGS)),
         "versions": {p: _version(p) for p in _PACKAGES},
     }
     torch = sys.modules.get("torch")

@@ -107,21 +107,6 @@ class Session:
             self.progress(f"peftcheck: results written to {self.results_path}")
 
 
-def _versions_hold(when: dict[str, str]) -> bool:
-    from importlib import metadata
-
-    from packaging.specifiers import SpecifierSet
-
-    for package, spec in when.items():
-        try:
-            version = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return False
-        if version not in SpecifierSet(spec, prereleases=True):
-            return False
-    return True
-
-
 def _display_path(path: Path) -> Path:
     """The path relative to the working directory when it lies below it (shorter messages)."""
     try:
@@ -212,10 +197,8 @@ class CheckItem(pytest.Item):
         self.check_name = self.name
         self.check = get_check(self.name)
         self.params, xfail = parse_params(self.check, raw)
-        if xfail is not None and _versions_hold(xfail.when):
-            when = ", ".join(f"{k}{v}" for k, v in xfail.when.items())
-            reason = xfail.reason + (f" [{when}]" if when else "")
-            self.add_marker(pytest.mark.xfail(reason=reason, strict=xfail.strict, raises=CheckFailed))
+        if xfail is not None and xfail.applies():
+            self.add_marker(pytest.mark.xfail(reason=xfail.describe(), strict=xfail.strict, raises=CheckFailed))
 
     def runtest(self) -> None:
         from peftcheck.context import CheckContext

@@ -4,6 +4,7 @@ backend: peft, and AdapterHub's ``adapters`` (``peftcheck.backends.adapters``)."
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,11 @@ def disabled(model: Any) -> contextlib.AbstractContextManager[Any]:
 
 
 def save(model: Any, folder: Path) -> Path:
-    """Save the adapter alone into ``folder``; returns the path its weights should be in."""
+    """Save the adapter alone into ``folder``; returns the path its weights should be in.
+
+    Saves from a copy: a save must not change the model other checks read, and bitsandbytes
+    0.50.2's ``Linear4bit.state_dict()`` rewrites weights it had repacked for the CPU in place."""
+    model = copy.deepcopy(model)
     backend = _adapters_backend(model)
     if backend is not None:
         return Path(backend.save(model, folder))

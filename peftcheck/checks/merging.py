@@ -63,7 +63,7 @@ def _merged_into_dequantized(ctx: CheckContext) -> Any:
 
     artifact = ctx.artifact()
     with tempfile.TemporaryDirectory(prefix="peftcheck-dequantized-") as tmp:
-        artifact.model.save_pretrained(tmp)
+        adapter_ops.save(artifact.model, Path(tmp))
         float_base = copy.deepcopy(artifact.base.model).dequantize()
         merged = PeftModel.from_pretrained(float_base, tmp).merge_and_unload()
     return real_logits(merged, ctx.probe())
@@ -260,7 +260,8 @@ def adapter_switching(ctx: CheckContext, params: AdapterSwitchingParams) -> Meas
     reference, batch = adapter_logits(ctx), ctx.probe()
     first = artifact.model.active_adapter
     with tempfile.TemporaryDirectory(prefix="peftcheck-second-") as tmp:
-        state = _second_adapter(artifact.model, Path(tmp), params.seed)
+        # from a copy: saving rewrites 4-bit weights in place on some CPUs (adapter_ops.save)
+        state = _second_adapter(copy.deepcopy(artifact.model), Path(tmp), params.seed)
         solo_model = PeftModel.from_pretrained(copy.deepcopy(artifact.base.model), tmp)
         not_loaded = _not_loaded(solo_model, state, solo_model.active_adapter)
         solo = real_logits(solo_model, batch)

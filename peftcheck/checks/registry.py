@@ -46,7 +46,35 @@ class XfailSpec(BaseModel):
         default_factory=dict,
         description="Package -> version specifier (e.g. peft: '>=0.21,<0.22'); all must hold.",
     )
+    cpu_flags: list[str] = Field(
+        default_factory=list,
+        description="CPU feature flags, as Linux's /proc/cpuinfo names them (e.g. avx512_bf16), that "
+        "must all be present: for bugs in a kernel only some CPUs run. Never holds where the flags "
+        "cannot be read.",
+    )
     strict: bool = Field(True, description="An unexpected pass fails the item.")
+
+    def applies(self) -> bool:
+        """Whether the installed versions and this machine's CPU match ``when`` and ``cpu_flags``."""
+        from importlib import metadata
+
+        from packaging.specifiers import SpecifierSet
+
+        from peftcheck.record import cpu_flags
+
+        for package, spec in self.when.items():
+            try:
+                version = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                return False
+            if version not in SpecifierSet(spec, prereleases=True):
+                return False
+        return set(self.cpu_flags) <= cpu_flags()
+
+    def describe(self) -> str:
+        """The reason with the conditions it holds under, as pytest shows it."""
+        conditions = [f"{k}{v}" for k, v in self.when.items()] + [f"cpu:{f}" for f in self.cpu_flags]
+        return self.reason + (f" [{', '.join(conditions)}]" if conditions else "")
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import peftcheck.methods
-from helpers import load, quiet_pipeline, run_check, tiny_suite
+from helpers import BNB_CPU_REPACKING, load, quiet_pipeline, run_check, tiny_suite
 
 LORA = {"peft": "LoraConfig", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
@@ -160,6 +160,7 @@ def test_fixed_seed_gives_identical_measurements() -> None:
     assert quiet_pipeline().artifact(load(other_seed), "lora").record["loss_curve"] != records[0]["loss_curve"]
 
 
+@BNB_CPU_REPACKING
 def test_four_bit_weights_count_as_the_weights_they_encode() -> None:
     pytest.importorskip("bitsandbytes")
     suite = tiny_suite({"lora": LORA, "qlora": {**LORA, "quantization": "nf4"}})

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import load, quiet_pipeline, run_check, tiny_suite
+from helpers import BNB_CPU_REPACKING, load, quiet_pipeline, run_check, tiny_suite
 from peftcheck.checks import NotApplicable
 from peftcheck.tolerances import Tolerance, tolerance_for
 
@@ -212,6 +212,7 @@ def test_differs_is_the_negation_of_equal() -> None:
     assert dist.differs(Diff(0.0, 0.0, 0.001, 0.5))
 
 
+@BNB_CPU_REPACKING
 @pytest.mark.quant
 def test_quantized_base_is_judged_by_distribution_agreement() -> None:
     pytest.importorskip("bitsandbytes")

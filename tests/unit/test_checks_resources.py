@@ -12,7 +12,7 @@ import pytest
 
 import peftcheck.methods
 import peftcheck.models
-from helpers import load, quiet_pipeline, run_check, tiny_suite
+from helpers import BNB_CPU_REPACKING, load, quiet_pipeline, run_check, tiny_suite
 from peftcheck.checks import NotApplicable
 from peftcheck.errors import SuiteError
 from peftcheck.resources import peak
@@ -44,6 +44,7 @@ def _planted_apply(monkeypatch: pytest.MonkeyPatch, method: str, plant: Any) -> 
 # -- footprint and quantization ----------------------------------------------------------------
 
 
+@BNB_CPU_REPACKING
 def test_sound_footprints_hold_and_are_recorded(quantized: Any) -> None:
     pipeline, loaded = quantized
     lora = run_check(pipeline, loaded, "lora", "memory_footprint", max_ratio=1.05)
@@ -76,6 +77,7 @@ def test_adapter_carrying_a_dense_copy_is_caught(monkeypatch: pytest.MonkeyPatch
     assert not measurement.passed and measurement.value > 2, measurement.message
 
 
+@BNB_CPU_REPACKING
 def test_sound_quantization_saves_what_it_should(quantized: Any) -> None:
     pipeline, loaded = quantized
     for method, bits in (("qlora", 4), ("int8", 8)):
@@ -105,6 +107,7 @@ def test_quantization_that_skips_the_linears_is_caught(monkeypatch: pytest.Monke
     assert not footprint.passed and footprint.value > 1.0
 
 
+@BNB_CPU_REPACKING
 def test_adapter_upcast_out_of_16_32_bit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

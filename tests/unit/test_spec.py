@@ -77,6 +77,32 @@ def test_xfail_is_accepted_on_any_check() -> None:
     assert load_suite_text(text(suite)).spec.expectations("lora")["target_coverage"]["xfail"]["reason"] == "r"
 
 
+def test_xfail_applies_only_while_versions_and_cpu_flags_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import peftcheck.record
+    from peftcheck.checks import XfailSpec
+
+    monkeypatch.setattr(peftcheck.record, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    bf16 = XfailSpec(reason="packed nf4", when={"pytest": ">=1"}, cpu_flags=["avx512_bf16"])
+    assert bf16.applies()
+    assert bf16.describe() == "packed nf4 [pytest>=1, cpu:avx512_bf16]"
+    assert not bf16.model_copy(update={"when": {"pytest": "<1"}}).applies()
+    assert not bf16.model_copy(update={"when": {"no-such-package-xyz": ">=0"}}).applies()
+    assert not bf16.model_copy(update={"cpu_flags": ["avx512_bf16", "amx_bf16"]}).applies()
+    monkeypatch.setattr(peftcheck.record, "cpu_flags", lambda: frozenset())  # flags unreadable
+    assert not bf16.applies()
+    assert XfailSpec(reason="always").applies()
+
+
+def test_cpu_flags_are_read_from_the_first_processor(tmp_path: Path) -> None:
+    from peftcheck.record import _cpuinfo
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert _cpuinfo(info)["flags"].split() == ["fpu", "avx2", "avx512_bf16"]
+    assert _cpuinfo(info)["model name"] == "Xeon"
+    assert _cpuinfo(tmp_path / "missing") == {}
+
+
 def test_schema_lists_every_field_with_a_description() -> None:
     schema = json_schema()
     for name, definition in schema["$defs"].items():
