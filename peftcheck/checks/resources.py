@@ -327,8 +327,11 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
     # The base is timed on a deep copy, like the trained model (itself a copy) and the merged one:
     # the base as loaded runs ~8% slower on this CPU than any copy of it (copy/loaded 0.915-0.922
     # over 15 rounds, copy/copy 1.01), which would read as a merged model faster than its base.
+    # The trained model too, so timing leaves it as it was: bitsandbytes 0.50.2 repacks 4-bit
+    # weights in place on a CPU with AVX512-BF16 at the first no-grad forward.
     base = copy.deepcopy(artifact.base.model).eval()
-    arms = {"base": forward_call(base, batch), "unmerged": forward_call(artifact.model, batch)}
+    unmerged = copy.deepcopy(artifact.model).eval()
+    arms = {"base": forward_call(base, batch), "unmerged": forward_call(unmerged, batch)}
     merged = None
     if reason is None:
         merged = copy.deepcopy(artifact.model).merge_and_unload()  # the trained model stays as it is
@@ -341,7 +344,7 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
             arms, rounds=params.rounds, warmup=params.warmup, max_rounds=params.max_rounds,
             undecided=lambda t: any(_straddles(t, a, "base", bounds[a]) for a in judged),
         )  # fmt: skip
-    del merged, base, arms
+    del merged, unmerged, base, arms
     figures = {a: timings.summary(a, "base") for a in timings.times if a != "base"}
     _put(artifact, "latency_base_ms", timings.per_call_s("base") * 1e3, "ms")
     for arm, summary in figures.items():
@@ -392,10 +395,11 @@ class ThroughputParams(CheckParams):
 @register_check("throughput", params=ThroughputParams)
 def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     """Training tokens/s as a ratio to a reference method, timed in interleaved rounds."""
-    from peftcheck.resources.calls import train_step_call
+    from peftcheck.resources.calls import gradient_reach, train_step_call
     from peftcheck.resources.timing import interleaved, torch_threads
 
     artifact, reference = ctx.artifact(), ctx.other(params.reference)
+    reach = {ctx.method: gradient_reach(artifact), params.reference: gradient_reach(reference)}
     (own_step, own_tokens), (ref_step, ref_tokens) = train_step_call(artifact), train_step_call(reference)
     scale = own_tokens / ref_tokens  # tokens/s ratio = tokens ratio x reference time / own time
     bounds = [params.min_ratio, params.max_ratio]
@@ -411,18 +415,24 @@ def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     own_tps, ref_tps = own_tokens / timings.per_call_s("own"), ref_tokens / timings.per_call_s("reference")
     _put(artifact, "train_tokens_per_s", own_tps, "tokens/s")
     _put(artifact, f"throughput_ratio_to_{params.reference}", ratio, f"ratio to {params.reference}")
+    untrained = [
+        f"{method}'s training step gives no gradient to any of its {total} trainable tensors: "
+        "its tokens/s times a step that trains nothing"
+        for method, (reached, total) in reach.items() if reached == 0
+    ]  # fmt: skip
     return Measurement(
-        passed=_within(ratio, params.min_ratio, params.max_ratio),
+        passed=_within(ratio, params.min_ratio, params.max_ratio) and not untrained,
         value=ratio, bound=_range(params.min_ratio, params.max_ratio, "tokens/s ratio"),
         unit=f"ratio to {params.reference}",
-        message=(
+        message="; ".join([
             f"{own_tps:.0f} vs {ref_tps:.0f} tokens/s for {params.reference}: ratio {ratio:.3f} "
-            f"(95% CI {lo:.3f}-{hi:.3f}, {summary['rounds']} rounds)"
-        ),
+            f"(95% CI {lo:.3f}-{hi:.3f}, {summary['rounds']} rounds)", *untrained,
+        ]),  # fmt: skip
         details={
             **summary, "tokens_per_s": own_tps, "reference_tokens_per_s": ref_tps, "tokens_per_step": own_tokens,
             "reference_tokens_per_step": ref_tokens, "trainer_tokens_per_s": artifact.train.tokens_per_s,
             "reference_trainer_tokens_per_s": reference.train.tokens_per_s, "steps_per_sample": timings.inner,
             "threads": params.threads,
+            "gradient_reach": {m: {"reached": r, "trainable_tensors": t} for m, (r, t) in reach.items()},
         },
     )  # fmt: skip

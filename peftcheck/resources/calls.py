@@ -6,7 +6,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["forward_call", "train_step_call", "train_batch"]
+__all__ = ["forward_call", "train_step_call", "train_batch", "gradient_reach"]
 
 
 def _synchronizer(batch: dict[str, Any]) -> Callable[[], None]:
@@ -60,3 +60,15 @@ def train_step_call(artifact: Any) -> tuple[Callable[[], None], int]:
         sync()
 
     return step, int(batch["attention_mask"].sum())
+
+
+def gradient_reach(artifact: Any) -> tuple[int, int]:
+    """(trainable tensors that get a non-zero gradient, trainable tensors) from one forward and
+    backward of a copy of the trained model on the timed batch: a step that trains nothing must
+    not pass for a fast one."""
+    model = copy.deepcopy(artifact.model)
+    model.train()
+    model(**train_batch(artifact)).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    reached = sum(1 for g in grads if g is not None and bool(g.detach().abs().sum() > 0))
+    return reached, len(grads)

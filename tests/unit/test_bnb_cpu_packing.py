@@ -94,3 +94,41 @@ def test_a_model_never_run_in_eval_mode_keeps_its_weights(nf4: tuple[Any, Any, A
     model.state_dict()
     assert torch.equal(_dequantized(layer), before)
     assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
+@upstream
+def test_trainer_keeps_training_after_its_evaluation_loop(nf4: tuple[Any, Any, Any], tmp_path: Any) -> None:
+    """Trainer with ``eval_strategy="steps"``: the steps after the first evaluation still move
+    the adapter (on an affected CPU its grad_norm is 0 from then on)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from peftcheck.models import load_base, resolve_model
+
+    model, _, _ = nf4
+    _, tokenizer = load_base(resolve_model("tiny-llama"), dtype="float32")
+    texts = [f"the quick brown fox jumps over the lazy dog number {i}" for i in range(32)]
+    data = Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+    peft_model = get_peft_model(
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    norms: dict[int, float] = {}
+
+    class Norms(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            norms[state.global_step] = float(torch.stack([p.detach().norm() for p in lora_b]).sum())
+
+    args = TrainingArguments(
+        str(tmp_path), max_steps=6, per_device_train_batch_size=8, learning_rate=1e-2, eval_strategy="steps",
+        eval_steps=3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    Trainer(
+        model=peft_model, args=args, train_dataset=data, eval_dataset=data.select(range(8)),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[Norms()],
+    ).train()  # fmt: skip
+    assert norms[1] < norms[3], "the adapter did not train before the evaluation"  # the control
+    assert norms[6] != norms[3], "the steps after Trainer's evaluation left the adapter unchanged"

@@ -279,6 +279,27 @@ def test_throughput_ratio_catches_a_slow_training_step(monkeypatch: pytest.Monke
     assert metrics["throughput_ratio_to_lora"]["value"] == pytest.approx(slow.value)
 
 
+def test_throughput_of_a_step_that_trains_nothing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def no_gradient(peft_model: Any) -> None:  # planted defect: the training loss is cut from the graph
+        def cut(module: Any, args: Any, output: Any) -> Any:
+            if module.training:
+                output.loss = output.loss.detach() + torch.zeros((), requires_grad=True)
+            return output
+
+        peft_model.register_forward_hook(cut)
+
+    _planted_apply(monkeypatch, "cut", no_gradient)
+    pipeline = quiet_pipeline()
+    loaded = load(tiny_suite({"lora": LORA, "cut": LORA}, train={"max_steps": 2}))
+    cut = run_check(pipeline, loaded, "cut", "throughput", reference="lora", min_ratio=0.01)
+    assert not cut.passed and "trains nothing" in cut.message, cut.message
+    reach = cut.details["gradient_reach"]
+    assert reach["cut"]["reached"] == 0 and reach["cut"]["trainable_tensors"] == 8
+    assert reach["lora"]["reached"] == reach["lora"]["trainable_tensors"] == 8  # A and B of 4 layers
+
+
 # -- parameters ------------------------------------------------------------------------------------
 
 
