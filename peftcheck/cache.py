@@ -22,7 +22,12 @@ __all__ = ["BaseHandle", "SuiteData", "TrainedArtifact", "Pipeline"]
 
 @dataclasses.dataclass
 class BaseHandle:
-    """A loaded base model that is never modified: each method trains on a deep copy."""
+    """A loaded base model that no check trains or saves: each method trains on a deep copy.
+
+    Forwards do change a 4-bit base on a CPU with AVX512-BF16 (bitsandbytes 0.50.2 repacks its
+    weights in place, after which nothing trains through them), so a quantized CPU base keeps an
+    untouched copy, ``pristine``, that methods are copied from: what one suite's checks ran on
+    the shared base cannot decide whether another suite's method trains."""
 
     source: Any  # models.ModelSource
     model: Any
@@ -32,6 +37,12 @@ class BaseHandle:
     device: str
     load_time_s: float
     memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pristine: Any = None
+
+    @property
+    def training_source(self) -> Any:
+        """The model each method's deep copy is taken from."""
+        return self.model if self.pristine is None else self.pristine
 
 
 @dataclasses.dataclass
@@ -108,8 +119,9 @@ class Pipeline:
             for param in model.parameters():
                 param.requires_grad_(False)
             self._bases[key] = BaseHandle(
-                source, model, tokenizer, spec.dtype, quantization, device, time.perf_counter() - started
-            )
+                source, model, tokenizer, spec.dtype, quantization, device, time.perf_counter() - started,
+                pristine=copy.deepcopy(model) if quantization != "none" and device == "cpu" else None,
+            )  # fmt: skip
         return self._bases[key]
 
     def data(self, suite: LoadedSuite, tokenizer: Any) -> SuiteData:
@@ -196,7 +208,9 @@ class Pipeline:
             f"{mspec.quantization}, {args['max_steps']} steps) ..."
         )
         set_seed(int(args["seed"]))
-        model = methods.apply_method(copy.deepcopy(base.model), config, quantization=mspec.quantization, name=method)
+        model = methods.apply_method(
+            copy.deepcopy(base.training_source), config, quantization=mspec.quantization, name=method
+        )
         initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
         if not initial:
             raise PeftcheckError(f"{spec.suite}/{method}: the method made no parameter trainable")

@@ -132,3 +132,27 @@ def test_trainer_keeps_training_after_its_evaluation_loop(nf4: tuple[Any, Any, A
     ).train()  # fmt: skip
     assert norms[1] < norms[3], "the adapter did not train before the evaluation"  # the control
     assert norms[6] != norms[3], "the steps after Trainer's evaluation left the adapter unchanged"
+
+
+def test_methods_train_on_a_copy_of_the_base_no_forward_has_touched() -> None:
+    """peftcheck's guard: a reference forward on the shared 4-bit base (what checks and other
+    suites do) must not decide whether the next method trains. On an affected CPU, copying the
+    forwarded base instead gives the method no gradient; elsewhere this holds either way."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from helpers import load, quiet_pipeline, tiny_suite
+    from peftcheck.resources.calls import gradient_reach
+
+    lora = {"peft": "LoraConfig", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    suite = tiny_suite({"qlora": {**lora, "quantization": "nf4"}}, model="tiny-llama")
+    suite["train"]["max_steps"] = 2
+    del suite["data"]["eval_split"]  # no perplexity before training: only the base forward below
+    pipeline, loaded = quiet_pipeline(), load(suite)
+    base = pipeline.base(loaded, "nf4")
+    assert base.pristine is not None and base.training_source is base.pristine
+    assert pipeline.base(loaded, "none").pristine is None  # only quantized CPU bases keep one
+    with torch.no_grad():  # a check's reference forward on the shared base
+        base.model.eval()(**base.tokenizer(["the quick brown fox"], return_tensors="pt"))
+    reached, total = gradient_reach(pipeline.artifact(loaded, "qlora"))
+    assert total > 0 and reached == total, f"{reached} of {total} trainable tensors got a gradient"
