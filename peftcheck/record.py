@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -29,8 +30,10 @@ def _version(package: str) -> str | None:
 _KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
+@functools.lru_cache(maxsize=4)
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo; empty where there is none (not Linux)."""
+    """The first processor's fields of /proc/cpuinfo, read once per process; empty where there is
+    none (not Linux). Callers must not modify the returned dict."""
     fields: dict[str, str] = {}
     try:
         text = path.read_text(encoding="utf-8", errors="replace")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -11,30 +10,25 @@ import pytest
 import yaml
 
 from peftcheck.cache import Pipeline
-from peftcheck.checks.registry import Measurement, get_check, parse_params
+from peftcheck.checks.registry import Measurement, XfailSpec, get_check, parse_params
 from peftcheck.context import CheckContext
-from peftcheck.record import cpu_flags
 from peftcheck.spec import LoadedSuite, load_suite_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bnb_repacks_on_this_cpu() -> bool:
-    try:
-        version = metadata.version("bitsandbytes")
-    except metadata.PackageNotFoundError:
-        return False
-    return version == "0.50.2" and "avx512_bf16" in cpu_flags()
-
-
 # bitsandbytes 0.50.2 on a CPU with AVX512-BF16: the first no-grad eval forward repacks every
 # Linear4bit weight in place for its inference kernel; training, merging and state_dict() then
-# go wrong (tests/unit/test_bnb_cpu_packing.py). Strict: red the day bitsandbytes fixes it.
-BNB_CPU_REPACKING = pytest.mark.xfail(
-    _bnb_repacks_on_this_cpu(),
+# go wrong (tests/unit/test_bnb_cpu_packing.py). The same condition the suites' xfails use;
+# strict: red the day bitsandbytes fixes it.
+_BNB_CPU_REPACKING = XfailSpec(
     reason="upstream: bitsandbytes 0.50.2 on an avx512_bf16 CPU repacks Linear4bit weights in place "
     "on an eval forward (no gradient, garbage merge; a 4-bit OPT linear with a bias raises)",
-    strict=True,
+    when={"bitsandbytes": "==0.50.2"},
+    cpu_flags=["avx512_bf16"],
+)
+BNB_CPU_REPACKING = pytest.mark.xfail(
+    _BNB_CPU_REPACKING.applies(), reason=_BNB_CPU_REPACKING.describe(), strict=True
 )
 CORPUS = str(ROOT / "fixtures" / "tiny_corpus.jsonl")
 

@@ -66,6 +66,15 @@ def _footprint_of(artifact: Any, part: str) -> Any:
     return artifact.memo[key]
 
 
+def _gradient_reach_of(artifact: Any) -> tuple[int, int]:
+    """``gradient_reach`` once per trained model (a reference method serves several ratios)."""
+    from peftcheck.resources.calls import gradient_reach
+
+    if "gradient_reach" not in artifact.memo:
+        artifact.memo["gradient_reach"] = gradient_reach(artifact)
+    return artifact.memo["gradient_reach"]
+
+
 def _unquantized_footprint(ctx: CheckContext) -> Any:
     from peftcheck.resources.footprint import footprint
 
@@ -395,11 +404,11 @@ class ThroughputParams(CheckParams):
 @register_check("throughput", params=ThroughputParams)
 def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     """Training tokens/s as a ratio to a reference method, timed in interleaved rounds."""
-    from peftcheck.resources.calls import gradient_reach, train_step_call
+    from peftcheck.resources.calls import train_step_call
     from peftcheck.resources.timing import interleaved, torch_threads
 
     artifact, reference = ctx.artifact(), ctx.other(params.reference)
-    reach = {ctx.method: gradient_reach(artifact), params.reference: gradient_reach(reference)}
+    reach = {ctx.method: _gradient_reach_of(artifact), params.reference: _gradient_reach_of(reference)}
     (own_step, own_tokens), (ref_step, ref_tokens) = train_step_call(artifact), train_step_call(reference)
     scale = own_tokens / ref_tokens  # tokens/s ratio = tokens ratio x reference time / own time
     bounds = [params.min_ratio, params.max_ratio]
