@@ -193,9 +193,11 @@ class Pipeline:
         from peftcheck import data as data_mod
         from peftcheck import methods
         from peftcheck.measure import perplexity
+        from peftcheck.progress import MethodProgress
         from peftcheck.record import environment
         from peftcheck.train import train_model
 
+        started = time.perf_counter()
         spec = suite.spec
         mspec = spec.methods[method]
         args = spec.train_args(method)
@@ -203,10 +205,10 @@ class Pipeline:
         base = self.base(suite, mspec.quantization)
         suite_data = self.data(suite, base.tokenizer)
         collate = data_mod.collator(base.tokenizer)
-        self.progress(
-            f"peftcheck: training {spec.suite}/{method} ({type(config).__name__}, "
-            f"{mspec.quantization}, {args['max_steps']} steps) ..."
-        )
+        live = MethodProgress.start(
+            self.progress, f"{spec.suite}/{method}",
+            detail=f"{type(config).__name__}, {mspec.quantization}, {args['max_steps']} steps",
+        )  # fmt: skip
         set_seed(int(args["seed"]))
         model = methods.apply_method(
             copy.deepcopy(base.training_source), config, quantization=mspec.quantization, name=method
@@ -218,7 +220,7 @@ class Pipeline:
         init_ppl = None if suite_data.eval is None else perplexity(model, suite_data.eval, collate, device=base.device)
         result = train_model(
             model, suite_data.train, collate, args=args, device=base.device,
-            step_hook=methods.optimizer_step_hook(model),
+            step_hook=methods.optimizer_step_hook(model), progress=live.step,
         )  # fmt: skip
         trainable, total = methods.parameter_counts(model)
         metrics: dict[str, dict[str, Any]] = {
@@ -242,6 +244,8 @@ class Pipeline:
             "trainable_params": trainable, "total_params": total, "optimizer_hook_calls": result.hook_calls,
             "model": {"ref": base.source.ref, "source": base.source.source, "real": base.source.real},
             "metrics": metrics, "samples": [], "env": environment(),
+            # base load, adapter, training and its evaluations: the item that trains pays it (issue 17)
+            "prepare_time_s": time.perf_counter() - started,
         }  # fmt: skip
         # a retrained (evicted) artifact keeps the first record, with what checks added to it
         record = self._records.setdefault((suite.path + "::" + spec.suite, method), record)
@@ -249,10 +253,7 @@ class Pipeline:
             suite, method, mspec, base, model, config, suite_data, collate, result, initial, record
         )
         loss = result.loss_curve
-        self.progress(
-            f"peftcheck: trained {spec.suite}/{method} in {result.train_time_s:.1f}s"
-            + (f", loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}" if loss else "")
-        )
+        live.done(result.train_time_s, loss)
         return artifact
 
     def close(self) -> None:

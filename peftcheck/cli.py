@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run suites through pytest", usage="peftcheck run PATH... [--results FILE] [-- PYTEST_ARGS...]"
     )
     run.add_argument("paths", nargs="+", metavar="PATH")
-    run.add_argument("--results", metavar="FILE", help="results file (default reports/results.jsonl)")
+    run.add_argument("--results", metavar="FILE",
+                     help="results file, a relative FILE under the current directory (default reports/results.jsonl)")
     run.set_defaults(func=cmd_run, pytest_args=[])
     validate = sub.add_parser("validate", help="check suites without training")
     validate.add_argument("paths", nargs="+", metavar="PATH")

@@ -25,8 +25,8 @@ def add_run_options(add: Any, prefix: str = "--peftcheck-") -> None:
         type=parse_results_path,
         default="reports/results.jsonl",
         metavar="FILE",
-        help="JSON-lines results file, one record per check and per trained method "
-        "(default: reports/results.jsonl under the rootdir)",
+        help="JSON-lines results file, one record per check and per trained method; a relative "
+        "FILE is under the directory pytest is run from, not the rootdir (default: reports/results.jsonl)",
     )
 
 
@@ -38,6 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in BUILTIN_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[SESSION_KEY] = Session.from_config(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash[SESSION_KEY].header() if SESSION_KEY in config.stash else []
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> Any:
@@ -55,3 +59,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if SESSION_KEY in session.config.stash:
         session.config.stash[SESSION_KEY].finish()
+
+
+@pytest.hookimpl(tryfirst=True)  # before the report plugin's section, which reads that file
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if SESSION_KEY in config.stash:
+        config.stash[SESSION_KEY].summarize(terminalreporter)

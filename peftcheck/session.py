@@ -11,7 +11,7 @@ from peftcheck.checks.registry import Measurement, NotApplicable, get_check, par
 from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
 from peftcheck.spec import LoadedSuite, load_suite
 
-__all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite"]
+__all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite", "output_path"]
 
 SESSION_KEY = pytest.StashKey["Session"]()
 MEASUREMENT_KEY = pytest.StashKey[Measurement]()
@@ -20,6 +20,14 @@ BUILTIN_MARKERS = {
     "quant": "runs on a bitsandbytes 8-bit or 4-bit base",
     "slow": "trains a real model; minutes on a CPU",
 }
+
+
+def output_path(config: pytest.Config, value: str | Path) -> Path:
+    """A file peftcheck writes: a relative path is under the directory pytest was run from.
+
+    Not the rootdir: ``pytest /some/where/suite.yaml`` would write into the suite's folder
+    (issue 17)."""
+    return Path(config.invocation_params.dir) / value
 
 
 def looks_like_suite(path: Path) -> bool:
@@ -46,23 +54,20 @@ class Session:
 
     def __init__(self, config: pytest.Config) -> None:
         from peftcheck.cache import Pipeline
+        from peftcheck.progress import TerminalProgress
 
         self.config = config
-        self.results_path = Path(config.getoption("peftcheck_results") or "reports/results.jsonl")
-        if not self.results_path.is_absolute():
-            self.results_path = Path(config.rootpath) / self.results_path
+        self.results_path = output_path(config, config.getoption("peftcheck_results") or "reports/results.jsonl")
         self._writer: Any = None
-        self.pipeline = Pipeline(on_record=self.write, progress=self.progress)
+        self.pipeline = Pipeline(on_record=self.write, progress=TerminalProgress(config))
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "Session":
         return cls(config)
 
-    def progress(self, line: str) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.ensure_newline()
-            reporter.write_line(line)
+    def header(self) -> list[str]:
+        """Where this run writes, said before it starts (the end of a long run is far away)."""
+        return [f"peftcheck: results to {self.results_path}"]
 
     def write(self, record: dict[str, Any]) -> None:
         if self._writer is None:  # only a run that measured something replaces the file
@@ -104,7 +109,11 @@ class Session:
         self.pipeline.close()
         if self._writer is not None:
             self._writer.close()
-            self.progress(f"peftcheck: results written to {self.results_path}")
+
+    def summarize(self, terminal: Any) -> None:
+        """Said even with -q: where to look. In the summary, where it starts a line of its own."""
+        if self._writer is not None:
+            terminal.write_line(f"peftcheck: results written to {self.results_path}")
 
 
 def _display_path(path: Path) -> Path:
@@ -172,19 +181,40 @@ class MethodNode(_ShortErrors, pytest.Collector):
         self.loaded = loaded
 
     def collect(self) -> Any:
-        from peftcheck.methods import build_config
-
         spec = self.loaded.spec
-        method = spec.methods[self.name]
         try:  # an unknown config class or argument is a collection error
-            build_config(method, name=self.name, max_steps=int(spec.train_args(self.name)["max_steps"]))
+            missing = _missing_extra(self.loaded, self.name)
         except SuiteError as exc:
             line = self.loaded.line_of(*(exc.field or "").split("."))
             raise exc.located(file=self.loaded.path, line=line) from None
-        except MissingExtraError as exc:  # an optional backend that is not installed: skip
-            self.add_marker(pytest.mark.skip(reason=f"methods.{self.name}: {exc}"))
+        if missing is not None:  # an optional backend that is not installed: skip
+            self.add_marker(pytest.mark.skip(reason=f"methods.{self.name}: {missing}"))
+        references = spec.methods[self.name].reference_for
+        if missing is None and references:  # a comparison row nobody reads here is not trained (issue 17)
+            absent = {ref: _missing_extra(self.loaded, ref, located=False) for ref in references}
+            if all(absent.values()):
+                self.add_marker(pytest.mark.skip(
+                    reason=f"methods.{self.name}: a reference for {', '.join(references)}, which do not "
+                    f"run here ({next(iter(absent.values()))})"
+                ))  # fmt: skip
         for check, raw in spec.expectations(self.name).items():
             yield CheckItem.from_parent(self, name=check, loaded=self.loaded, raw=raw)
+
+
+def _missing_extra(loaded: LoadedSuite, method: str, *, located: bool = True) -> MissingExtraError | None:
+    """The optional library a method's backend lacks here, if any; a bad config raises SuiteError
+    (only where ``located``: a referenced method's own node reports its errors)."""
+    from peftcheck.methods import build_config
+
+    spec = loaded.spec
+    try:
+        build_config(spec.methods[method], name=method, max_steps=int(spec.train_args(method)["max_steps"]))
+    except MissingExtraError as exc:
+        return exc
+    except SuiteError:
+        if located:
+            raise
+    return None
 
 
 class CheckItem(pytest.Item):

@@ -116,9 +116,17 @@ class MethodSpec(BaseModel):
         default_factory=dict, description="Per-method overrides of the suite's `train`."
     )
     expect: Expectations = Field(
-        default_factory=dict, description="Per-method overrides of the suite's `expect`."
+        default_factory=dict,
+        description="Per-method overrides of the suite's `expect`, merged field by field over the "
+        "suite's entry for the same check (an `xfail:` alone keeps the suite's bounds); `false` "
+        "turns a check off for this method.",
     )
     markers: list[str] = Field(default_factory=list, description="Extra pytest markers.")
+    reference_for: list[str] = Field(
+        default_factory=list,
+        description="Methods this one is a comparison row for: where every one of them skips "
+        "(an optional backend not installed), this method skips too instead of training for nobody.",
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> "MethodSpec":
@@ -149,7 +157,9 @@ class SuiteSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     methods: dict[str, MethodSpec] = Field(min_length=1, description="Method name -> method.")
     expect: Expectations = Field(
-        default_factory=dict, description="Check name -> bounds, for every method."
+        default_factory=dict,
+        description="Check name -> bounds, for every method; a method's own `expect` entry "
+        "overrides them field by field.",
     )
     markers: list[str] = Field(default_factory=list, description="pytest markers for every item.")
 
@@ -170,16 +180,20 @@ class SuiteSpec(_Strict):
         return value
 
     def expectations(self, method: str) -> dict[str, dict[str, Any]]:
-        """The checks of one method: suite defaults, overridden per check by the method."""
+        """The checks of one method: the suite's, with the method's fields merged over them.
+
+        A method's entry overrides field by field (an `xfail:` alone keeps the suite's bounds:
+        issue 17, where a replacing override judged qlora by a default nobody wrote); `false`
+        turns the check off for the method, `{}`/null adds it with the suite's fields or the
+        defaults."""
         merged: dict[str, dict[str, Any]] = {}
         for source in (self.expect, self.methods[method].expect):
             for check, params in source.items():
                 if params is False:
                     merged.pop(check, None)
-                elif params is True or params is None:
-                    merged[check] = {}
                 else:
-                    merged[check] = dict(params)
+                    fields = {} if params is True or params is None else params
+                    merged[check] = {**merged.get(check, {}), **fields}
         return merged
 
     def train_args(self, method: str) -> dict[str, Any]:
@@ -299,10 +313,23 @@ def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
             message, file=path, line=line, field=field, hint=_hint_for(loc, message)
         ) from None
     loaded = LoadedSuite(spec=spec, path=path, lines=lines)
+    _check_references(loaded)
     from peftcheck.checks import validate_expectations  # checks import no torch
 
     validate_expectations(loaded)
     return loaded
+
+
+def _check_references(loaded: LoadedSuite) -> None:
+    methods = loaded.spec.methods
+    for name, method in methods.items():
+        wrong = [ref for ref in method.reference_for if ref not in methods or ref == name]
+        if wrong:
+            raise SuiteError(
+                f"got {wrong}, reference_for names other methods of this suite: {sorted(set(methods) - {name})}",
+                file=loaded.path, line=loaded.line_of("methods", name, "reference_for"),
+                field=f"methods.{name}.reference_for",
+            )  # fmt: skip
 
 
 def load_suite(path: str | Path) -> LoadedSuite:

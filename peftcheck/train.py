@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TrainResult", "train_model", "peak_rss_mib", "memory_mib"]
+__all__ = ["StepProgress", "TrainResult", "train_model", "peak_rss_mib", "memory_mib"]
 
 
 def peak_rss_mib() -> float:
@@ -46,15 +46,27 @@ class TrainResult:
         return self.tokens_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
-def _recorder(result: TrainResult, hook: Callable[[int], Any] | None) -> Any:
+StepProgress = Callable[[int, int, float | None], Any]
+"""Called as ``progress(step, total_steps, last_loss)``: step 0 when training starts, then once a step."""
+
+
+def _recorder(result: TrainResult, hook: Callable[[int], Any] | None, progress: StepProgress | None) -> Any:
     import torch
     from transformers import TrainerCallback
 
     class Recorder(TrainerCallback):
-        """Records loss per logged step, wall time per step and peak memory."""
+        """Records loss per logged step, wall time per step and peak memory; reports progress."""
 
         def __init__(self) -> None:
             self._started = 0.0
+
+        def _progress(self, state: Any) -> None:
+            if progress is not None:
+                loss = result.loss_curve[-1][1] if result.loss_curve else None
+                progress(int(state.global_step), int(state.max_steps), loss)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._progress(state)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self._started = time.perf_counter()
@@ -71,10 +83,13 @@ def _recorder(result: TrainResult, hook: Callable[[int], Any] | None) -> Any:
             else:
                 peak = memory_mib()
             result.memory_peak_mib = max(result.memory_peak_mib, peak)
+            if not control.should_log:  # a logged step reports in on_log, with its own loss
+                self._progress(state)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 result.loss_curve.append((int(state.global_step), float(logs["loss"])))
+                self._progress(state)
 
     return Recorder()
 
@@ -100,8 +115,11 @@ def train_model(
     args: dict[str, Any],
     device: str,
     step_hook: Callable[[int], Any] | None = None,
+    progress: StepProgress | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with Trainer for ``args['max_steps']`` steps."""
+    """Train ``model`` in place with Trainer for ``args['max_steps']`` steps.
+
+    ``progress`` is called when training starts and after every step (see ``StepProgress``)."""
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -125,7 +143,7 @@ def train_model(
             args=training_args,
             train_dataset=dataset,
             data_collator=_CountingCollator(collate, result),
-            callbacks=[_recorder(result, step_hook)],
+            callbacks=[_recorder(result, step_hook, progress)],
         )
         started = time.perf_counter()
         trainer.train()

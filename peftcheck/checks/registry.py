@@ -198,6 +198,16 @@ def validate_expectations(loaded: "LoadedSuite") -> None:
                     field=f"{field}.{sub}" if sub else field,
                     hint=f"{name} accepts: {', '.join([*fields, 'xfail']) or 'xfail'}",
                 ) from None
+    for method in spec.methods:  # a method's fields merged over the suite's must still agree
+        for name, raw in spec.expectations(method).items():
+            try:
+                parse_params(get_check(name), raw)
+            except ValidationError as exc:
+                place = ("methods", method, "expect", name)
+                raise SuiteError(
+                    f"merged over expect.{name}: {exc.errors()[0]['msg']}", file=loaded.path,
+                    line=loaded.line_of(*place) or loaded.line_of("expect", name), field=".".join(place),
+                ) from None
 
 
 def _load_builtin_checks() -> None:

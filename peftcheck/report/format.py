@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["number", "signed", "percent", "SYMBOLS", "STATUS_SYMBOLS"]
+from peftcheck.progress import format_seconds
+
+__all__ = ["number", "signed", "percent", "duration", "share", "SYMBOLS", "STATUS_SYMBOLS"]
 
 SYMBOLS = {
     "passed": "✓",
@@ -52,3 +54,17 @@ def percent(value: float | None) -> str:
     if value is None or math.isnan(value):
         return ""
     return f"{value:+.1%}"
+
+
+def duration(value: float | None) -> str:
+    """``4.2s``, ``3m07s``, ``1h05m``: as the terminal's progress lines say it; ``—`` where unknown."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return "<0.1s" if 0 < value < 0.05 else format_seconds(value)  # not "0.0s": it did take time
+
+
+def share(value: float | None) -> str:
+    """A part of a whole: ``62%``, ``<1%`` for a part too small to round to one."""
+    if value is None or math.isnan(value):
+        return "—"
+    return "<1%" if 0 < value < 0.005 else f"{value:.0%}"

@@ -38,6 +38,8 @@ def _environment() -> jinja2.Environment:
         number=fmt.number,
         signed=fmt.signed,
         percent=fmt.percent,
+        duration=fmt.duration,
+        share=fmt.share,
         symbol=lambda outcome: fmt.SYMBOLS.get(outcome, "?"),
         status_symbol=lambda status: fmt.STATUS_SYMBOLS.get(status, status),
     )

@@ -17,6 +17,7 @@ from peftcheck.baseline import (
     as_float,
     compare_metrics,
 )
+from peftcheck.report.timing import MethodTiming, SlowItem, SuiteTiming, method_timing, seconds, slowest, suite_timing
 
 __all__ = [
     "Outcome",
@@ -86,6 +87,7 @@ class MethodReport:
     samples: list[Mapping[str, Any]]
     cells: dict[str, Cell]
     has_baseline: bool
+    timing: MethodTiming
     baseline_fingerprint: str | None = None
 
     @property
@@ -132,6 +134,7 @@ class SuiteReport:
     methods: list[MethodReport]
     checks: list[str]
     baseline: BaselineMatch | None
+    timing: SuiteTiming
     several_runs: bool = False
 
     @property
@@ -199,6 +202,7 @@ class Report:
     failures: list[Problem]
     baseline_root: str | None
     updates: list[UpdateNote]
+    slowest: list[SlowItem]
 
     @property
     def status(self) -> Literal["passed", "failed", "empty"]:
@@ -264,7 +268,7 @@ def _cell(record: Mapping[str, Any], baseline_checks: Mapping[str, Any]) -> Cell
         unit=record.get("unit"),
         message=str(record.get("message") or ""),
         nodeid=str(record.get("nodeid") or ""),
-        duration_s=as_float(record.get("duration_s")),
+        duration_s=seconds(record.get("duration_s")),
         xfail_reason=xfail.get("reason") if isinstance(xfail, Mapping) else None,
         baseline_outcome=(baseline_checks.get(check) or {}).get("outcome"),
     )
@@ -305,6 +309,7 @@ def _method(
         samples=[s for s in record.get("samples") or () if isinstance(s, Mapping)],
         cells=cells,
         has_baseline=entry is not None,
+        timing=method_timing(name, record, (c.duration_s for c in cells.values())),
         baseline_fingerprint=entry.get("fingerprint") if entry else None,
     )
 
@@ -341,7 +346,8 @@ def _run(index: int, source: str, records: Sequence[Mapping[str, Any]], store: B
         columns: dict[str, None] = {}
         for m in reports:
             columns.update(dict.fromkeys(m.cells))
-        suites.append(SuiteReport(suite, files[suite], run, reports, list(columns), match, several))
+        timing = suite_timing([m.timing for m in reports])
+        suites.append(SuiteReport(suite, files[suite], run, reports, list(columns), match, timing, several))
     return run, suites
 
 
@@ -390,6 +396,8 @@ def build_report(
             for cell in m.cells.values():
                 counts[cell.outcome] = counts.get(cell.outcome, 0) + 1
     regressions, failures = _problems(suites)
+    slow = slowest(SlowItem(c.nodeid, c.duration_s, c.outcome, c.anchor, s.run.label if s.several_runs else None)
+                   for s in suites for m in s.methods for c in m.cells.values() if c.duration_s is not None)
     now = generated or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return Report(title, now, infos, suites, Counts(**counts), regressions, failures,
-                  str(store.root) if store else None, list(updates))
+                  str(store.root) if store else None, list(updates), slow)

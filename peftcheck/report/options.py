@@ -53,12 +53,13 @@ def add_options(
     prefix: str,
     dest_prefix: str = "",
     report_flags: Sequence[str] | None = None,
-    baseline_default: str = "baselines/ under the rootdir",
+    baseline_default: str = "baselines/ under the rootdir; a relative DIR is under the rootdir too",
 ) -> None:
     """Add --<prefix>report, summary, baseline and update-baseline with ``addoption``.
 
-    Under pytest, relative paths are under the rootdir (like --peftcheck-results); in the CLI
-    they are relative to the current directory.
+    A relative report or summary FILE is under the current directory (under pytest: the
+    directory it was run from, like --peftcheck-results). Under pytest a relative baseline DIR
+    is under the rootdir, since baselines belong to the project; in the CLI, the current directory.
     """
     addoption(
         *(report_flags or [f"{prefix}report"]),
@@ -66,7 +67,8 @@ def add_options(
         type=parse_output_path,
         default=None,
         metavar="FILE",
-        help="write a self-contained HTML report (no network fetches) to FILE (default: none).",
+        help="write a self-contained HTML report (no network fetches) to FILE; a relative FILE is "
+        "under the current directory (default: none).",
     )
     addoption(
         f"{prefix}summary",
@@ -74,7 +76,8 @@ def add_options(
         type=parse_output_path,
         default=None,
         metavar="FILE",
-        help="write a short Markdown summary for a pull-request comment to FILE (default: none).",
+        help="write a short Markdown summary for a pull-request comment to FILE; a relative FILE "
+        "is under the current directory (default: none).",
     )
     addoption(
         f"{prefix}baseline",

@@ -14,6 +14,7 @@ from typing import Any, final
 import pytest
 
 from peftcheck.report.options import add_options
+from peftcheck.session import output_path
 
 __all__ = ["ReportSession"]
 
@@ -35,19 +36,27 @@ class ReportSession:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "ReportSession":
-        def under_root(value: Any) -> Path | None:  # relative paths are under the rootdir, as for results
-            return Path(config.rootpath) / value if value else None
+        def output(value: Any) -> Path | None:  # where the results file is too: the invocation dir
+            return output_path(config, value) if value else None
 
-        baseline = under_root(config.getoption("peftcheck_baseline") or DEFAULT_BASELINE_DIR)
+        # the store belongs to the project, not to where pytest was started: under the rootdir
+        baseline = Path(config.rootpath) / (config.getoption("peftcheck_baseline") or DEFAULT_BASELINE_DIR)
         config.option.peftcheck_baseline = str(baseline)  # what no_regression reads through ctx.option
         return cls(
-            results=under_root(config.getoption("peftcheck_results", None)),
-            html=under_root(config.getoption("peftcheck_report")),
-            summary=under_root(config.getoption("peftcheck_summary")),
-            baseline=baseline,  # type: ignore[arg-type]
+            results=output(config.getoption("peftcheck_results", None)),
+            html=output(config.getoption("peftcheck_report")),
+            summary=output(config.getoption("peftcheck_summary")),
+            baseline=baseline,
             update=config.getoption("peftcheck_update_baseline"),
             started=time.time(),
         )
+
+    def header(self) -> list[str]:
+        """The paths this run reads and writes, said before it starts."""
+        lines = [f"peftcheck: baselines in {self.baseline} (under the rootdir)"]
+        lines += [f"peftcheck: {name} to {path}" for name, path in (("report", self.html), ("summary", self.summary))
+                  if path is not None]
+        return lines
 
     @property
     def wanted(self) -> bool:
@@ -115,6 +124,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # xdist workers leave publishing to the controller
         config.stash[_SESSION] = ReportSession.from_config(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    report = config.stash.get(_SESSION, None)
+    return report.header() if report is not None else []
 
 
 @pytest.hookimpl(trylast=True)  # after the core plugin has closed the results file

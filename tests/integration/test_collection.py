@@ -103,3 +103,41 @@ def test_failing_method_leaves_others_running(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("-p", "no:peftcheck_report")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*methods.broken: peft could not apply the method*"])
+
+
+def test_a_reference_whose_methods_all_skip_is_not_trained(pytester: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 17: the adapters suite trained a LoRA reference for AdapterHub methods that all skip
+    import peftcheck.methods
+    from peftcheck.errors import MissingExtraError
+
+    real = peftcheck.methods.build_config
+
+    def planted(method: object, *, name: str, **kwargs: object) -> object:
+        if name == "needs_extra":  # stands for a backend whose library is not installed
+            raise MissingExtraError("somelib", "someextra")
+        return real(method, name=name, **kwargs)
+
+    monkeypatch.setattr(peftcheck.methods, "build_config", planted)
+    suite = tiny_suite(
+        {"needs_extra": LORA, "ref": {**LORA, "reference_for": ["needs_extra"]},
+         "ref_of_lora": {**LORA, "reference_for": ["lora"]}, "lora": LORA},
+        expect={"trainable_ratio": {"max": 0.5}},
+    )  # fmt: skip
+    suite["train"]["max_steps"] = 1
+    pytester.makefile(".yaml", tiny=yaml.safe_dump(suite, sort_keys=False))
+    result = pytester.runpytest("-rs", "-p", "no:peftcheck_report")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines([
+        "*methods.needs_extra: somelib is not installed*",
+        "*methods.ref: a reference for needs_extra, which do not run here (somelib is not installed*",
+    ])  # fmt: skip
+    assert "training tiny/ref " not in result.stdout.str() and "training tiny/ref_of_lora " in result.stdout.str()
+
+
+def test_reference_for_names_other_methods(pytester: pytest.Pytester) -> None:
+    suite = tiny_suite({"lora": {**LORA, "reference_for": ["lora", "nope"]}}, expect={"trainable_ratio": {}})
+    pytester.makefile(".yaml", tiny=yaml.safe_dump(suite, sort_keys=False))
+    result = pytester.runpytest("-q", "-p", "no:peftcheck_report")
+    assert "methods.lora.reference_for: got ['lora', 'nope'], reference_for names other methods" in result.stdout.str()
+    assert result.ret != 0

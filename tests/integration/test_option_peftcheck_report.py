@@ -47,12 +47,12 @@ def test_report_and_summary_are_written(pytester: pytest.Pytester, session_resul
     ])
 
 
-def test_relative_paths_are_under_the_rootdir(pytester: pytest.Pytester, session_results: Path) -> None:
+def test_relative_paths_are_under_the_invocation_dir(pytester: pytest.Pytester, session_results: Path) -> None:
     pytester.makeini("[pytest]\n")
     sub = pytester.mkdir("sub")
-    os.chdir(sub)
+    os.chdir(sub)  # where the results file is looked for too (issue 17), not the rootdir
     pytester.runpytest("--rootdir", str(pytester.path), str(pytester.path), "--peftcheck-report", "r.html")
-    assert (pytester.path / "r.html").is_file()
+    assert (sub / "r.html").is_file() and not (pytester.path / "r.html").exists()
 
 
 def test_results_left_from_an_earlier_session_are_not_reported(pytester: pytest.Pytester, session_results: Path) -> None:

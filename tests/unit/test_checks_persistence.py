@@ -31,7 +31,14 @@ def test_sound_checkpoint_is_complete_small_and_reloads_exactly(sound: Any, meth
     details = measurement.details
     assert "adapter_model.safetensors" in details["files"] and not details["base_weights_leaked"]
     assert details["tensors_saved"] == details["tensors_expected"] > 0
-    assert details["reload"]["max_abs"] == 0.0 and not details["resave_changed"]
+    assert not details["resave_changed"]
+    if method == "adalora":
+        # AdaLoRA reloads at the ranks its budget kept (smaller lora_A/lora_E/lora_B than the
+        # trained masked ones), so the GEMMs reduce over fewer terms: the same values, summed in
+        # another order. Bitwise on AVX512 kernels, 2.7e-07 with AVX2's (issue 17).
+        assert 0.0 <= details["reload"]["max_abs"] <= 1e-5
+    else:
+        assert details["reload"]["max_abs"] == 0.0
     metrics = pipeline.artifact(loaded, method).record["metrics"]
     assert metrics["checkpoint_size_mib"]["value"] == pytest.approx(details["size_bytes"] / 2**20)
 

@@ -156,3 +156,53 @@ def test_any_text_in_a_sample_or_message_stays_text(text: str) -> None:
     assert parse(page).tags.count("script") == 1
     if text.strip() and "\r" not in text:
         assert str(escape(text)) in page
+
+
+def timed_run() -> list[dict[str, Any]]:
+    """lora records its preparation; ia3 comes from an older file that does not."""
+
+    def check(method: str, check: str, duration: float, nodeid: str | None = None) -> dict[str, Any]:
+        return {"kind": "check", "suite": "s", "method": method, "check": check, "outcome": "passed",
+                "nodeid": nodeid or f"s.yaml::s::{method}::{check}", "duration_s": duration}
+
+    return [
+        {"kind": "session", "env": {}},
+        check("lora", "a", 190.2), check("lora", "b", 4.2), check("lora", "c", 3.0),
+        check("ia3", "a", 8.0), check("ia3", "<b>x</b>", 1.5, nodeid="s.yaml::<b>x</b>"),
+        {"kind": "method", "suite": "s", "method": "lora", "status": "trained", "prepare_time_s": 187.0,
+         "train_time_s": 150.0},
+        {"kind": "method", "suite": "s", "method": "ia3", "status": "trained", "train_time_s": 5.0},
+    ]
+
+
+def test_the_time_table_shows_each_methods_share() -> None:
+    page = render_html(build_report([("timed.jsonl", timed_run())]))
+    table = page[page.index('<table class="timing">'):]
+    table = table[: table.index("</table>")]
+    assert "<th>prepare</th><th>of which training</th><th>checks</th><th>total</th><th>share</th>" in table
+    num = '<td class="num">{}</td>'.format
+    assert ("<tr><td>lora</td>" + "".join(map(num, ("3m07s", "2m30s", "10.4s", "3m17s", "95%")))) in table
+    assert ("<tr><td>ia3</td>" + "".join(map(num, ("—", "5.0s", "—", "9.5s", "5%")))) in table
+    assert ("<tfoot><tr><th>suite</th>" + "".join(map(num, ("3m07s", "2m35s", "10.4s", "3m27s", "100%")))) in table
+
+
+def test_the_slowest_items_are_listed_before_the_environment() -> None:
+    page = render_html(build_report([("timed.jsonl", timed_run())]))
+    assert page.index('id="time"') < page.index('id="environment"')
+    listed = re.findall(r"<li><strong>([^<]+)</strong> <a href=\"#([^\"]+)\"><code>([^<]+)</code>", page)
+    assert [(t, code) for t, _, code in listed] == [
+        ("3m10s", "s.yaml::s::lora::a"), ("8.0s", "s.yaml::s::ia3::a"), ("4.2s", "s.yaml::s::lora::b"),
+        ("3.0s", "s.yaml::s::lora::c"), ("1.5s", "s.yaml::&lt;b&gt;x&lt;/b&gt;")]
+    assert all(f'id="{anchor}"' in page for _, anchor, _ in listed)  # each links to its cell
+    assert "<b>x</b>" not in page
+    assert '<a href="#suite-s">s</a></td><td class="num">3m27s</td><td>lora (3m17s, 95%)</td>' in page
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "—"), (0.0, "0.0s"), (0.01, "<0.1s"), (4.21, "4.2s"), (59.9, "59.9s"), (187.0, "3m07s"),
+    (3900.0, "1h05m"), (float("nan"), "—"),
+])  # fmt: skip
+def test_durations_read_like_the_terminals(seconds: float | None, text: str) -> None:
+    from peftcheck.report.format import duration
+
+    assert duration(seconds) == text

@@ -62,6 +62,8 @@ def test_hundreds_of_items_still_fit_a_comment(store: BaselineStore) -> None:
     assert len(re.findall(r"^\| (quotes|tiny)-", text, re.M)) == MAX_ROWS  # these suites have no baseline
     assert "no baseline yet for 60 suite run(s): quotes-0, tiny-0, quotes-1, tiny-1, quotes-2, …" in text
     assert f"…and {420 - MAX_ROWS} more in the HTML report." in text
+    assert len(re.findall(r"^- \*\*(quotes|tiny)-\d+\*\* took ", text, re.M)) == MAX_ROWS
+    assert f"- …and {60 - MAX_ROWS} more suite run(s) in the HTML report" in text
 
 
 @given(st.text())
@@ -70,3 +72,20 @@ def test_md_text_breaks_no_table_and_opens_no_tag(value: str) -> None:
     assert "\n" not in text and "<" not in text
     assert "|" not in text.replace("\\|", "")
     assert len(text) <= 2 * 180
+
+
+def test_each_suite_says_its_time_and_slowest_method_before_the_hint() -> None:
+    def check(suite: str, method: str, duration: float | None) -> dict[str, Any]:
+        return {"kind": "check", "suite": suite, "method": method, "check": "a", "outcome": "passed",
+                "duration_s": duration}
+
+    run = [{"kind": "session", "env": {}}, check("s*", "lora", 187.0), check("s*", "ia3", 20.0),
+           check("t", "lora", None)]  # t: no durations recorded, so no line
+    text = render_markdown(build_report([("r", run)]), html_path="index.html")
+    lines = text.rstrip().splitlines()
+    assert lines[-3:] == [
+        "- **s\\*** took 3m27s; slowest method: lora (3m07s, 90%)",
+        "",
+        "Nothing regressed against the baseline. Full report: index.html",
+    ]
+    assert text.count(" took ") == 1

@@ -121,3 +121,69 @@ def test_several_runs_are_kept_apart(store: BaselineStore) -> None:
 def test_empty_results() -> None:
     report = build_report([("empty", [{"kind": "session", "env": {}}])])
     assert report.status == "empty" and report.suites == []
+
+
+def timed_run() -> list[dict[str, Any]]:
+    """Hand-written records: lora with its preparation, ia3 from an older file without it, vera's
+    preparation longer than its items, and a second suite of short items."""
+
+    def method(name: str, suite: str = "s", **times: float) -> dict[str, Any]:
+        return {"kind": "method", "suite": suite, "method": name, "status": "trained", "metrics": {}, **times}
+
+    def check(method: str, check: str, duration: Any, suite: str = "s", outcome: str = "passed") -> dict[str, Any]:
+        return {"kind": "check", "suite": suite, "method": method, "check": check, "outcome": outcome,
+                "nodeid": f"{suite}.yaml::{suite}::{method}::{check}", "duration_s": duration}
+
+    return [
+        {"kind": "session", "env": {}},
+        check("lora", "a", 190.2), check("lora", "b", 4.2, outcome="failed"), check("lora", "c", 3.0),
+        check("ia3", "a", 8.0), check("ia3", "b", 1.5), check("ia3", "c", "nan"), check("ia3", "d", None),
+        check("ia3", "e", "inf"), check("ia3", "f", -1.0),
+        check("vera", "a", 12.0),
+        *(check("lora", f"short{i}", 0.25, suite="t") for i in range(5)),
+        method("lora", prepare_time_s=187.0, train_time_s=150.0),
+        method("ia3", train_time_s=5.0),
+        method("vera", prepare_time_s=20.0, train_time_s=None),
+        method("lora", suite="t", prepare_time_s=0.5, train_time_s=0.25),
+    ]
+
+
+def test_method_times_split_the_preparation_from_the_checks() -> None:
+    suite = build_report([("timed", timed_run())]).suites[0]
+    lora, ia3, vera = (m.timing for m in suite.methods)
+    assert (lora.prepare_s, lora.train_s) == (187.0, 150.0)
+    assert lora.total_s == pytest.approx(197.4) and lora.checks_s == pytest.approx(10.4)  # 197.4 - 187
+    # an older file: no preparation, so the checks cannot be told apart from it; NaN, inf, None, -1 are no time
+    assert (ia3.prepare_s, ia3.train_s, ia3.checks_s, ia3.total_s) == (None, 5.0, None, 9.5)
+    assert (vera.prepare_s, vera.train_s, vera.checks_s, vera.total_s) == (20.0, None, 0.0, 12.0)  # never below 0
+
+
+def test_suite_times_sum_what_the_methods_know() -> None:
+    suite = build_report([("timed", timed_run())]).suites[0]
+    timing = suite.timing
+    assert timing.total_s == pytest.approx(197.4 + 9.5 + 12.0)
+    assert (timing.prepare_s, timing.train_s) == (207.0, 155.0)
+    assert timing.checks_s == pytest.approx(10.4)
+    assert timing.slowest is not None and timing.slowest.method == "lora"
+    assert timing.share(suite.methods[1].timing) == pytest.approx(9.5 / 218.9)
+
+
+def test_a_suite_without_durations_has_no_slowest_method() -> None:
+    run = [{**r, "duration_s": None} if r["kind"] == "check" else r for r in timed_run()]
+    suite = build_report([("untimed", run)]).suites[0]
+    assert suite.timing.total_s == 0 and suite.timing.slowest is None
+    assert suite.timing.share(suite.methods[0].timing) is None
+
+
+def test_the_slowest_items_come_longest_first() -> None:
+    report = build_report([("timed", timed_run())])
+    assert [(i.nodeid, i.seconds, i.outcome) for i in report.slowest[:4]] == [
+        ("s.yaml::s::lora::a", 190.2, "passed"), ("s.yaml::s::vera::a", 12.0, "passed"),
+        ("s.yaml::s::ia3::a", 8.0, "passed"), ("s.yaml::s::lora::b", 4.2, "failed")]
+    assert len(report.slowest) == 10  # of 11 timed items
+    # equal times keep the run's order
+    assert [i.nodeid for i in report.slowest[-4:]] == [f"t.yaml::t::lora::short{i}" for i in range(4)]
+    assert report.slowest[0].anchor == report.suites[0].methods[0].cells["a"].anchor
+    assert {i.run for i in report.slowest} == {None}
+    several = build_report([("a", timed_run()), ("b", timed_run())])
+    assert [i.run for i in several.slowest[:2]] == ["run 1", "run 2"]

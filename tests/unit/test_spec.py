@@ -29,6 +29,42 @@ def test_expectations_merge_suite_and_method() -> None:
     assert loaded.spec.expectations("b") == {"trainable_ratio": {"max": 0.5}}
 
 
+def test_method_expectation_merges_field_by_field_over_the_suites() -> None:
+    # issue 17: an xfail-only override used to replace the suite's bounds with the defaults
+    xfail = {"reason": "known", "when": {"peft": ">=0"}}
+    suite = tiny_suite(
+        {
+            "xfail_only": {**LORA, "expect": {"loss_decrease": {"xfail": xfail}}},
+            "one_bound": {**LORA, "expect": {"loss_decrease": {"window": 2}}},
+            "empty": {**LORA, "expect": {"loss_decrease": {}}},
+            "off": {**LORA, "expect": {"loss_decrease": False}},
+        },
+        expect={"loss_decrease": {"min_relative": 0.005, "window": 4}},
+    )
+    spec = load_suite_text(text(suite)).spec
+    assert spec.expectations("xfail_only")["loss_decrease"] == {"min_relative": 0.005, "window": 4, "xfail": xfail}
+    assert spec.expectations("one_bound")["loss_decrease"] == {"min_relative": 0.005, "window": 2}
+    assert spec.expectations("empty")["loss_decrease"] == {"min_relative": 0.005, "window": 4}
+    assert "loss_decrease" not in spec.expectations("off")
+
+
+def test_xfail_only_override_keeps_the_suites_bound_on_the_item() -> None:
+    from peftcheck.checks.registry import get_check, parse_params
+
+    suite = tiny_suite(
+        {"q": {**LORA, "expect": {"loss_decrease": {"xfail": {"reason": "r", "cpu_flags": ["no_such_flag"]}}}}},
+        expect={"loss_decrease": {"min_relative": 0.005}},
+    )
+    spec = load_suite_text(text(suite)).spec
+    params, xfail = parse_params(get_check("loss_decrease"), spec.expectations("q")["loss_decrease"])
+    assert params.min_relative == 0.005 and xfail is not None and not xfail.applies()
+
+
+def test_schema_says_method_expectations_merge() -> None:
+    props = json_schema()["$defs"]["MethodSpec"]["properties"]
+    assert "field by field" in props["expect"]["description"]
+
+
 def test_method_train_overrides() -> None:
     suite = tiny_suite({"a": {**LORA, "train": {"learning_rate": 0.5}}})
     args = load_suite_text(text(suite)).spec.train_args("a")
