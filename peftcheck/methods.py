@@ -19,6 +19,11 @@ __all__ = [
     "apply_method",
     "is_prompt_learning",
     "can_merge",
+    "supports_safe_merge",
+    "can_resume",
+    "merged_parameters",
+    "identity_at_init",
+    "init_setting",
     "matched_targets",
     "expected_trainable",
 ]
@@ -63,8 +68,9 @@ def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
         raise SuiteError(f"{cls.__name__} rejected the arguments: {exc}", field=f"methods.{name}") from None
 
 
-def apply_method(model: Any, config: Any, *, quantization: str, name: str) -> Any:
-    """Wrap ``model`` (modified in place) with the adapter described by ``config``."""
+def apply_method(model: Any, config: Any, *, quantization: str, name: str, adapter_name: str = "default") -> Any:
+    """Wrap ``model`` (modified in place) with the adapter described by ``config``, named
+    ``adapter_name`` (peft's; the adapters backend names it itself)."""
     if getattr(config, "backend", None) == "adapters":
         from peftcheck.backends import adapters
 
@@ -74,7 +80,7 @@ def apply_method(model: Any, config: Any, *, quantization: str, name: str) -> An
     if quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        return get_peft_model(model, config)
+        return get_peft_model(model, config, adapter_name=adapter_name)
     except ValueError as exc:  # e.g. "Target modules ... not found in the base model"
         raise SuiteError(f"peft could not apply the method: {exc}", field=f"methods.{name}") from None
 
@@ -108,6 +114,80 @@ def can_merge(peft_model: Any) -> str | None:
         return f"{type(config).__name__} adds virtual tokens; there are no weights to merge"
     if not hasattr(peft_model, "merge_and_unload"):
         return f"{type(config).__name__} has no merge_and_unload"
+    return None
+
+
+def supports_safe_merge(peft_model: Any) -> str | None:
+    """None if ``merge_and_unload(safe_merge=True)`` exists for the adapter, else why not."""
+    import inspect
+
+    reason = can_merge(peft_model)
+    if reason is not None:
+        return reason
+    if "safe_merge" not in inspect.signature(peft_model.merge_and_unload).parameters:
+        config = peft_model.peft_config[peft_model.active_adapter]
+        return f"{type(config).__name__}'s merge_and_unload takes no safe_merge"
+    return None
+
+
+def can_resume(config: Any) -> str | None:
+    """None if peft loads a saved adapter of ``config``'s kind for further training
+    (``is_trainable=True``), else why not."""
+    if is_prompt_learning(config):
+        return (
+            f"peft refuses is_trainable=True for {type(config).__name__} (prompt learning): the "
+            "checkpoint holds the virtual-token table, not the encoder that trained it"
+        )
+    return None
+
+
+def merged_parameters(peft_model: Any) -> list[str]:
+    """Names of the trainable adapter tensors that a merge folds into base weights: those of
+    peft's tuner layers (not modules_to_save copies, which are swapped in whole)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = []
+    for module_name, module in peft_model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            for name, param in module.named_parameters(prefix=module_name):
+                if param.requires_grad and ".base_layer." not in name:
+                    names.append(name)
+    return sorted(set(names))
+
+
+# Config class -> the field choosing its init; at peft's default the untrained adapter is the
+# base exactly (LoRA's B = 0, AdaLoRA's E = 0, IA3's vectors = 1, LoHa's w2_b = 0, LoKr's w1 = 0).
+# Issue 16.
+_IDENTITY_INIT = {
+    "LoraConfig": "init_lora_weights", "AdaLoraConfig": "init_lora_weights", "IA3Config": "init_ia3_weights",
+    "LoHaConfig": "init_weights", "LoKrConfig": "init_weights",
+}  # fmt: skip
+_NOT_IDENTITY_INIT = {  # inits that start elsewhere by design
+    "loftq": "LoftQ starts A and B at the quantization residual: the untrained adapter approximates "
+    "the float weights, not the quantized base",
+}
+
+
+def init_setting(config: Any) -> str:
+    """The config's init field and value, e.g. ``init_lora_weights=True`` ('' if none)."""
+    field = _IDENTITY_INIT.get(type(config).__name__)
+    return f"{field}={getattr(config, field)!r}" if field else ""
+
+
+def identity_at_init(config: Any) -> str | None:
+    """None when the method promises that its untrained adapter computes the base's output,
+    else why it does not. ``init_lora_weights=False`` (peft's random debugging init) is held to
+    the promise of its family and fails: a LoRA that starts off the base is the defect."""
+    kind = type(config).__name__
+    if getattr(config, "backend", None) == "adapters":  # backend: adapters
+        return f"{kind}: the adapters backend makes no identity-at-init promise peftcheck knows"
+    if is_prompt_learning(config):
+        return f"{kind} prepends virtual tokens initialised away from the base by design (see init_eval_perplexity)"
+    if kind not in _IDENTITY_INIT:
+        return f"peftcheck knows no identity-at-init promise for {kind}"
+    value = getattr(config, _IDENTITY_INIT[kind])
+    if isinstance(value, str) and value in _NOT_IDENTITY_INIT:
+        return f"{init_setting(config)}: {_NOT_IDENTITY_INIT[value]}"
     return None
 
 

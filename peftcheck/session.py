@@ -19,6 +19,8 @@ BUILTIN_MARKERS = {
     "gpu": "needs a CUDA device (pytest suites/ -m gpu)",
     "quant": "runs on a bitsandbytes 8-bit or 4-bit base",
     "slow": "trains a real model; minutes on a CPU",
+    "heavy": "among the costliest real-model items on a CPU; this project's default run deselects "
+    "them (pyproject addopts), CI runs them once (-m heavy)",
 }
 
 

@@ -83,11 +83,14 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # fp32 7e-5 / 7e-6, residue 6e-9: only the summation order differs.
     ("float32", "*"): Tolerance(max_abs=1e-3, mean_abs=1e-4, weight_rtol=1e-5),
     # bf16 (8-bit mantissa): round(W + dW) is one more rounding of every adapted weight. After
-    # 10 training steps (suites/quotes_bf16.yaml): 10.3 / 0.18, KL 0.0096, top-1 agreement 0.991,
-    # residue 6e-4 (the adapter's own effect: 22.6 / 1.47, KL 0.21). The max comes from one
-    # outlier token: merge -> unmerge, whose weights are back within 6e-4, is off by as much.
+    # 10 training steps (suites/quotes_bf16.yaml), merged vs unmerged: AMD EPYC AVX2: 10.3 / 0.18,
+    # KL 0.0096, top-1 agreement 0.991; AMD EPYC with AVX512-BF16 (native bf16 GEMMs, another
+    # trajectory): 9.6 / 0.18, KL 0.011, top-1 0.966 (4 of 117 tokens), while merge -> unmerge,
+    # whose weights are back within 6e-4, is itself at top-1 0.974: near-tie tokens flip under
+    # bf16 rounding, so top-1 on 117 tokens cannot be held above ~0.97 (issue 17); KL stays the
+    # sharp bound (the adapter's own effect: 22.6 / 1.47, KL 0.21-0.24, top-1 0.71).
     # A merge off by 1% of dW is below this floor: bf16 cannot show it.
-    ("bfloat16", "*"): Tolerance(max_abs=16.0, mean_abs=0.35, max_kl=0.05, min_top1=0.97, weight_rtol=4e-3),
+    ("bfloat16", "*"): Tolerance(max_abs=16.0, mean_abs=0.35, max_kl=0.05, min_top1=0.95, weight_rtol=4e-3),
     # fp16 (11-bit mantissa, 8x finer than bf16): a random r=8 adapter measured 0.14 / 0.014,
     # residue 9e-5; the bounds are bf16's scaled by 8.
     ("float16", "*"): Tolerance(max_abs=2.0, mean_abs=0.05, weight_rtol=5e-4),

@@ -63,29 +63,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-# one line per suite (issue 17); kept here, rendered with the same escaping as the summary
-_TIME_LINES = """\
-{% for suite in timed[:max_rows] %}
-- **{{ suite.title }}** took {{ suite.timing.total_s|duration }}; slowest method: \
-{{ suite.timing.slowest.method }} ({{ suite.timing.slowest.total_s|duration }}, \
-{{ suite.timing.share(suite.timing.slowest)|share }})
-{% endfor %}
-{% if timed|length > max_rows %}
-- …and {{ timed|length - max_rows }} more suite run(s) in the HTML report
-{% endif %}
-"""
-
-
 def render_markdown(report: Report, *, html_path: str | None = None) -> str:
     """The summary; ``html_path`` is named as where the full report is."""
-    env = _environment()
-    text = env.get_template("summary.md.j2").render(report=report, html_path=html_path, max_rows=MAX_ROWS)
-    timed = [s for s in report.suites if s.timing.slowest is not None]
-    if not timed:
-        return text
-    lines = env.from_string(_TIME_LINES).render(timed=timed, max_rows=MAX_ROWS)
-    body, _, hint = text.rpartition("\n\n")  # the hint is the last paragraph, on one line
-    return f"{body}\n\n{lines}\n{hint}"
+    template = _environment().get_template("summary.md.j2")
+    return template.render(report=report, html_path=html_path, max_rows=MAX_ROWS)
 
 
 def write_markdown(report: Report, path: str | os.PathLike[str], *, html_path: str | None = None) -> Path:

@@ -1,0 +1,63 @@
+"""The peft finding behind suites/matrix.yaml's `prompt_load_trainable` xfails, reproduced with
+plain peft calls on the tiny-llama fixture (issue 16).
+
+``PeftModel.from_pretrained(..., is_trainable=False)`` promises an adapter "frozen and can only be
+used for inference". peft 0.21.2 sets ``inference_mode`` but leaves a prompt-learning adapter's
+prompt-encoder embedding with ``requires_grad=True``; LoRA is frozen as promised. Strict: red the
+day peft freezes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+def _peft_is(version: str) -> bool:
+    from importlib import metadata
+
+    return metadata.version("peft") == version
+
+
+PROMPT_LOAD_TRAINABLE = pytest.mark.xfail(
+    _peft_is("0.21.2"),
+    reason="upstream (peft 0.21.2): from_pretrained(is_trainable=False) leaves the prompt encoder trainable",
+    strict=True,
+)
+
+
+def _base() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from peftcheck.fixtures import materialise
+
+    return AutoModelForCausalLM.from_pretrained(materialise("tiny-llama"))
+
+
+def _trainable_after_frozen_load(config: Any, folder: Path) -> list[tuple[str, int]]:
+    from peft import PeftModel, get_peft_model
+
+    get_peft_model(_base(), config).save_pretrained(folder)
+    loaded = PeftModel.from_pretrained(_base(), folder, is_trainable=False)
+    assert loaded.peft_config["default"].inference_mode
+    return [(name, p.numel()) for name, p in loaded.named_parameters() if p.requires_grad]
+
+
+@PROMPT_LOAD_TRAINABLE
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_a_frozen_load_of_a_prompt_learning_adapter_trains_nothing(method: str, tmp_path: Path) -> None:
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    config = (PromptTuningConfig if method == "prompt" else PrefixTuningConfig)(
+        task_type="CAUSAL_LM", num_virtual_tokens=4
+    )
+    assert _trainable_after_frozen_load(config, tmp_path) == []
+
+
+def test_a_frozen_load_of_lora_trains_nothing(tmp_path: Path) -> None:
+    # the control: the same calls freeze LoRA as promised
+    from peft import LoraConfig
+
+    config = LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj", "v_proj"])
+    assert _trainable_after_frozen_load(config, tmp_path) == []
