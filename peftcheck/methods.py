@@ -176,8 +176,8 @@ def init_setting(config: Any) -> str:
 
 def identity_at_init(config: Any) -> str | None:
     """None when the method promises that its untrained adapter computes the base's output,
-    else why it does not. ``init_lora_weights=False`` (peft's random debugging init) is held to
-    the promise of its family and fails: a LoRA that starts off the base is the defect."""
+    else why it does not. An init the suite set to ``False`` (peft's random init, for testing)
+    starts off the base by the suite's choice: no promise to hold it to."""
     kind = type(config).__name__
     if getattr(config, "backend", None) == "adapters":  # backend: adapters
         return f"{kind}: the adapters backend makes no identity-at-init promise peftcheck knows"
@@ -186,6 +186,8 @@ def identity_at_init(config: Any) -> str | None:
     if kind not in _IDENTITY_INIT:
         return f"peftcheck knows no identity-at-init promise for {kind}"
     value = getattr(config, _IDENTITY_INIT[kind])
+    if value is False:
+        return f"{init_setting(config)}: a random init, chosen by the suite, starts off the base by design"
     if isinstance(value, str) and value in _NOT_IDENTITY_INIT:
         return f"{init_setting(config)}: {_NOT_IDENTITY_INIT[value]}"
     return None
