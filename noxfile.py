@@ -44,6 +44,8 @@ class Cell:
     pins: tuple[str, ...] = ()  # what else the era needs (datasets, huggingface-hub, ...)
     suites: tuple[str, ...] = ("suites/matrix.yaml",)
     select: str | None = None  # a pytest -m expression: the cell runs only what it is about
+    keyword: str | None = None  # a pytest -k expression, for a historic bug's items
+    tags: tuple[str, ...] = ()  # nox tags besides "matrix" (and "adapters" where it has them)
     note: str = ""
 
     @property
@@ -72,6 +74,7 @@ class Cell:
 
 # transformers 4.x needs huggingface-hub<1.0, and datasets>=5 needs huggingface-hub>=1.31.
 _HUB_V0 = ("huggingface-hub<1.0", "datasets==4.1.1")
+HISTORIC = ("suites/historic.yaml",)  # upstream bugs: each pair of cells flips (docs/matrix.md)
 CELLS = [
     Cell("0.13.2", "4.46.3", "1.1.1", bitsandbytes="0.44.1",
          pins=("huggingface-hub<1.0", "datasets==3.1.0", "tokenizers<0.21"),
@@ -86,8 +89,22 @@ CELLS = [
          note="bitsandbytes axis: only the quantized methods depend on it"),
     Cell("0.21.2", "5.24.0", "1.15.0", adapters="1.3.0",
          note="adapters pins transformers~=4.57.6: expected not to install"),
+    # historic bugs (`nox -t historic`): the affected release, then the one that fixed it
+    Cell("0.13.2", "4.51.3", "1.6.0", pins=_HUB_V0, keyword="prefix and not inference_load", tags=("historic",),
+         note="peft#2096 affected: prefix tuning hands Llama a tuple past_key_values, which transformers >= 4.51 refuses"),
+    Cell("0.14.0", "4.51.3", "1.6.0", pins=_HUB_V0, keyword="prefix and not inference_load", tags=("historic",),
+         note="peft#2096 fixed: the prefix goes in as a DynamicCache"),
+    Cell("0.15.2", "4.57.6", "1.10.1", pins=_HUB_V0, suites=HISTORIC, keyword="lora_bias", tags=("historic",),
+         note="peft#2489 affected: merging a LoRA bias ignores the scaling (lora_alpha/r != 1)"),
+    Cell("0.16.0", "4.57.6", "1.10.1", pins=_HUB_V0, suites=HISTORIC, keyword="lora_bias", tags=("historic",),
+         note="peft#2489 fixed: the merged LoRA bias is scaled"),
+    Cell("0.18.0", "4.51.3", "1.6.0", pins=_HUB_V0, suites=HISTORIC, keyword="lora_bias", tags=("historic",),
+         note="peft#2975 affected: import peft needs transformers.modeling_layers (transformers >= 4.52)"),
+    Cell("0.18.1", "4.51.3", "1.6.0", pins=_HUB_V0, suites=HISTORIC, keyword="lora_bias", tags=("historic",),
+         note="peft#2976 fixed: import peft works on transformers < 4.52 again"),
 ]  # fmt: skip
-_TAGS = [["matrix", "adapters"] if c.adapters else ["matrix"] for c in CELLS]
+assert len({c.id for c in CELLS}) == len(CELLS), "two cells with the same pins: give one other versions"
+_TAGS = [["matrix", *(["adapters"] if c.adapters else []), *c.tags] for c in CELLS]
 
 
 def _env() -> dict[str, str]:
@@ -195,7 +212,7 @@ def matrix(session: nox.Session, cell: Cell) -> None:
     """One version cell: install its pins, run its suites, record, and merge the matrix page."""
     started = time.perf_counter()
     base = {"kind": "cell", "cell": cell.id, "pins": cell.requirements, "note": cell.note,
-            "suites": list(cell.suites), "select": cell.select}  # fmt: skip
+            "suites": list(cell.suites), "select": cell.select, "keyword": cell.keyword}  # fmt: skip
     reason = _install(session, cell.requirements, smollm2=cell.adapters is not None)
     installed = time.perf_counter()
     if reason is not None:
@@ -216,11 +233,16 @@ def matrix(session: nox.Session, cell: Cell) -> None:
         session.warn(f"{cell.id}: import failed: {last}")
         _merge(session)
         return
+    cell.results.parent.mkdir(parents=True, exist_ok=True)  # reports/ is not in a fresh checkout
     cell.results.unlink(missing_ok=True)
     log = cell.results.with_suffix(".log")
-    args = ["-p", "no:cacheprovider", "-q", "--peftcheck-results", str(cell.results)]
+    # a method whose config argument an older peft lacks is a collection error: it must not stop the
+    # cell's other methods (it stays in the log, and its rows read "not run" in this column)
+    args = ["-p", "no:cacheprovider", "-q", "--continue-on-collection-errors", "--peftcheck-results", str(cell.results)]
     if cell.select:
         args += ["-m", cell.select]
+    if cell.keyword:
+        args += ["-k", cell.keyword]
     session.log(f"pytest output goes to {log} (tail -f it to follow)")
     with log.open("w", encoding="utf-8") as handle:
         session.run("python", "-m", "pytest", *cell.suites, *args, *session.posargs,

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
 
@@ -42,13 +43,17 @@ def deep_validate(path: Path) -> list[str]:
         line = loaded.line_of(*(exc.field or "").split("."))
         problems.append(exc.located(file=str(path), line=line).format())
 
+    configs = {}
     for name, method in spec.methods.items():
         try:
-            methods.build_config(method, name=name, max_steps=int(spec.train_args(name)["max_steps"]))
+            configs[name] = methods.build_config(method, name=name, max_steps=int(spec.train_args(name)["max_steps"]))
         except SuiteError as exc:
             note(exc)
         except MissingExtraError as exc:  # not a problem of the suite: its items skip at run time
             print(f"{path}: methods.{name}: not checked here: {exc}", file=sys.stderr)
+    if configs and not problems:
+        for problem in _apply_to_skeleton(loaded, path, configs):
+            note(problem)
     for ref, field in ((spec.model, "model"),):
         try:
             models.resolve_model(ref, base_dir=path.parent, build=False)
@@ -63,6 +68,29 @@ def deep_validate(path: Path) -> list[str]:
         except SuiteError as exc:
             note(exc)
     return problems
+
+
+def _apply_to_skeleton(loaded: Any, path: Path, configs: dict[str, Any]) -> list[SuiteError]:
+    """Apply each peft method to the suite's model built on the meta device (no weights, no
+    memory), so what peft only finds at get_peft_model (a target that matches nothing, a
+    group size that does not divide a layer) is reported before anything trains (issue 13)."""
+    from peftcheck import methods, models
+
+    skeleton, why = models.skeleton(loaded.spec.model, base_dir=path.parent, trust_remote_code=loaded.spec.trust_remote_code)
+    if skeleton is None:
+        print(f"{path}: model: methods not applied to it here: {why}", file=sys.stderr)
+        return []
+    found = []
+    for name, config in configs.items():
+        if getattr(config, "backend", None) == "adapters":
+            continue  # AdapterHub builds its layers itself; its own config validation ran above
+        try:
+            methods.apply_to_skeleton(skeleton(), config, name=name)
+        except SuiteError as exc:
+            found.append(exc)
+        except NotImplementedError as exc:  # an init that computes on the weights (PiSSA's SVD) cannot on meta
+            print(f"{path}: methods.{name}: not applied to the skeleton: {exc}", file=sys.stderr)
+    return found
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -141,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures = sub.add_parser("fixtures", help="build the built-in models into the cache")
     fixtures.add_argument("names", nargs="*", metavar="NAME")
     fixtures.set_defaults(func=cmd_fixtures)
-    for module in ("peftcheck.report.cli", "peftcheck.matrix"):
+    for module in ("peftcheck.report.cli", "peftcheck.matrix", "peftcheck.report.grid"):
         try:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
         except ImportError:

@@ -130,6 +130,19 @@ def _random_builder(config_factory: Callable[[int], Any]) -> Callable[[Path], No
     return build
 
 
+def _config_class(name: str, *, since: str) -> Any:
+    """A transformers config class the oldest supported transformers lacks (the matrix's 4.46 cell)."""
+    import transformers
+
+    try:
+        return getattr(transformers, name)
+    except AttributeError:
+        raise ResolveError(
+            f"{name} needs transformers>={since}, got {transformers.__version__}",
+            hint="use tiny-llama, tiny-opt or tiny-gpt2 with this transformers",
+        ) from None
+
+
 def _tiny_opt(vocab: int) -> Any:
     from transformers import OPTConfig
 
@@ -145,6 +158,37 @@ def _tiny_llama(vocab: int) -> Any:
     return LlamaConfig(
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+
+
+def _tiny_gpt2(vocab: int) -> Any:
+    # GPT-2's attention and MLP are transformers' Conv1D (c_attn, c_proj, c_fc), weights stored
+    # (in, out): the layer type peft's LoRA needs fan_in_fan_out for (issue 16)
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=512,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+        bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 is outside the vocab; the builder sets them
+    )  # fmt: skip
+
+
+def _tiny_gemma3(vocab: int) -> Any:
+    # one sliding and one full attention layer (layer_types; the first Gemma 3 releases of
+    # transformers read sliding_window_pattern); a window of 16 is shorter than the suites'
+    # max_length 32, so the sliding mask is exercised rather than equal to the causal one
+    return _config_class("Gemma3TextConfig", since="4.50")(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        max_position_embeddings=512, sliding_window=16, sliding_window_pattern=2,
+        layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+
+
+def _tiny_qwen3(vocab: int) -> Any:
+    return _config_class("Qwen3Config", since="4.51")(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
     )  # fmt: skip
 
 
@@ -166,6 +210,27 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         real=False,
         source="Llama architecture, LlamaConfig(hidden 64, 2 layers, GQA 4/2), random weights, seed 0",
         build=_random_builder(_tiny_llama),
+    ),
+    "tiny-gpt2": BuiltinModel(
+        "tiny-gpt2",
+        real=False,
+        source="GPT-2 architecture, GPT2Config(hidden 64, 2 layers, Conv1D c_attn/c_proj/c_fc), random weights, "
+        "seed 0",
+        build=_random_builder(_tiny_gpt2),
+    ),
+    "tiny-gemma3": BuiltinModel(
+        "tiny-gemma3",
+        real=False,
+        source="Gemma 3 text architecture, Gemma3TextConfig(hidden 64, 2 layers, GQA 4/2, sliding window 16), "
+        "random weights, seed 0",
+        build=_random_builder(_tiny_gemma3),
+    ),
+    "tiny-qwen3": BuiltinModel(
+        "tiny-qwen3",
+        real=False,
+        source="Qwen3 architecture, Qwen3Config(hidden 64, 2 layers, GQA 4/2, head_dim 16), random weights, "
+        "seed 0",
+        build=_random_builder(_tiny_qwen3),
     ),
 }
 

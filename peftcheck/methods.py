@@ -5,6 +5,7 @@ Everything that depends on which PEFT method is used lives here, so checks stay 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -17,11 +18,14 @@ __all__ = [
     "build_config",
     "parameter_counts",
     "apply_method",
+    "apply_to_skeleton",
     "is_prompt_learning",
     "can_merge",
     "supports_safe_merge",
     "can_resume",
     "merged_parameters",
+    "supports_gradient_checkpointing",
+    "supports_weighted_cat",
     "identity_at_init",
     "init_setting",
     "matched_targets",
@@ -58,6 +62,7 @@ def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
                 field=f"methods.{name}.{key}",
                 hint=f"did you mean {close[0]!r}?" if close else "see the peft docs of " + cls.__name__,
             )
+    _check_types(cls, kwargs, name)
     if "task_type" in fields and "task_type" not in kwargs:
         kwargs["task_type"] = "CAUSAL_LM"
     if cls.__name__ == "AdaLoraConfig" and "total_step" not in kwargs:
@@ -66,6 +71,56 @@ def build_config(method: MethodSpec, *, name: str, max_steps: int) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise SuiteError(f"{cls.__name__} rejected the arguments: {exc}", field=f"methods.{name}") from None
+
+
+def _check_types(cls: type, kwargs: dict[str, Any], name: str) -> None:
+    """Each argument against its field's annotation in the config dataclass (peft does not check
+    them: ``r: "eight"`` fails only at training time with a TypeError naming no field; issue 13).
+    Annotations pydantic cannot build a validator for are left to peft."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation this Python cannot resolve: peft checks it
+        return
+    for key, value in kwargs.items():
+        if value is None:  # peft annotates many optional fields without Optional
+            continue
+        try:
+            adapter = TypeAdapter(hints[key])
+        except Exception:  # noqa: BLE001 - no validator for this annotation (or no annotation)
+            continue
+        hint = f"{cls.__name__}.{key} is {_annotation(hints[key])}"
+        try:
+            parsed = adapter.validate_python(value)
+        except ValidationError as exc:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _numeric(adapter):
+                continue  # peft computes with any number where it annotates one kind (lora_alpha: 16.0)
+            wanted = exc.errors()[0]["msg"]
+            raise SuiteError(f"got {value!r}, {wanted[0].lower()}{wanted[1:]}", field=f"methods.{name}.{key}",
+                             hint=hint) from None  # fmt: skip
+        if isinstance(value, str) and not isinstance(parsed, str):  # "8" would reach peft as a string
+            raise SuiteError(f"got {value!r}, a string where a {type(parsed).__name__} is wanted",
+                             field=f"methods.{name}.{key}", hint=f"{hint}: write it without quotes")  # fmt: skip
+
+
+def _numeric(adapter: Any) -> bool:
+    """Whether a validator accepts a number (an int or a float) at all."""
+    from pydantic import ValidationError
+
+    for probe in (0, 0.5):
+        try:
+            adapter.validate_python(probe)
+            return True
+        except ValidationError:
+            pass
+    return False
+
+
+def _annotation(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
 
 
 def apply_method(model: Any, config: Any, *, quantization: str, name: str, adapter_name: str = "default") -> Any:
@@ -79,10 +134,30 @@ def apply_method(model: Any, config: Any, *, quantization: str, name: str, adapt
 
     if quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if type(config).__name__ == "XLoraConfig":
+        model.config.use_cache = False  # X-LoRA refuses a base with use_cache (its scaling pass runs the model twice)
     try:
         return get_peft_model(model, config, adapter_name=adapter_name)
     except ValueError as exc:  # e.g. "Target modules ... not found in the base model"
         raise SuiteError(f"peft could not apply the method: {exc}", field=f"methods.{name}") from None
+
+
+def apply_to_skeleton(model: Any, config: Any, *, name: str) -> None:
+    """Apply ``config`` to ``model`` (built on the meta device) as training would; a peft error
+    is a SuiteError at ``methods.<name>`` (a computation meta tensors cannot do is
+    NotImplementedError: not a problem of the suite)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            apply_method(model, copy.deepcopy(config), quantization="none", name=name)
+    except SuiteError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        if "meta" in str(exc).lower():
+            raise NotImplementedError(str(exc)[:200]) from None
+        raise SuiteError(f"peft could not apply the method: {type(exc).__name__}: {str(exc)[:300]}",
+                         field=f"methods.{name}") from None  # fmt: skip
 
 
 def _logical_numel(param: Any) -> int:
@@ -114,6 +189,44 @@ def can_merge(peft_model: Any) -> str | None:
         return f"{type(config).__name__} adds virtual tokens; there are no weights to merge"
     if not hasattr(peft_model, "merge_and_unload"):
         return f"{type(config).__name__} has no merge_and_unload"
+    kind = type(config).__name__
+    if kind in _NO_MERGE:
+        return _NO_MERGE[kind]
+    if kind == "BeftConfig":
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        bare = sorted(n for n, m in peft_model.named_modules() if isinstance(m, BaseTunerLayer) and m.get_base_layer().bias is None)
+        if bare:
+            return f"BEFT trains a bias for layers that have none ({bare[0]}, ...): peft cannot merge it (it warns so at get_peft_model)"
+    return None
+
+
+_NO_MERGE = {  # peft's merge raises NotImplementedError by design
+    "LilyConfig": "Lily's layers raise NotImplementedError on merge/unmerge (peft/tuners/lily/layer.py)",
+    "ShadowConfig": "ShadowPEFT is an input-dependent layer-space trajectory, not a weight delta: peft cannot merge it",
+}
+_NO_UNMERGE = {"OSFConfig": "OSF models do not support unmerging (OSFModel.unmerge_adapter raises NotImplementedError)"}
+
+
+def can_unmerge(peft_model: Any) -> str | None:
+    """None if a merged adapter can be unmerged again (merge_adapter, then unmerge_adapter), else why not."""
+    reason = can_merge(peft_model)
+    if reason is not None:
+        return reason
+    return _NO_UNMERGE.get(type(peft_model.peft_config[peft_model.active_adapter]).__name__)
+
+
+_REWRITES_BASE = ("pissa", "olora", "corda")
+
+
+def rewrites_base(config: Any) -> str | None:
+    """Why the method's init rewrites the base weights it sits on (PiSSA, OLoRA, CorDA: W -> W - B·A), else None."""
+    init = getattr(config, "init_lora_weights", None)
+    if isinstance(init, str) and init.split("_niter_")[0] in _REWRITES_BASE:
+        return (
+            f"init_lora_weights={init!r} rewrites the base weights at init (W -> W - B·A): the adapter sits on that "
+            "residual, not on the loaded base (peft: convert with path_initial_model_for_weight_conversion)"
+        )
     return None
 
 
@@ -124,6 +237,8 @@ def supports_safe_merge(peft_model: Any) -> str | None:
     reason = can_merge(peft_model)
     if reason is not None:
         return reason
+    if type(peft_model.peft_config[peft_model.active_adapter]).__name__ == "LNTuningConfig":
+        return "LN tuning merges by swapping in its tuned copy, no arithmetic: peft ignores safe_merge (ln_tuning/layer.py)"
     if "safe_merge" not in inspect.signature(peft_model.merge_and_unload).parameters:
         config = peft_model.peft_config[peft_model.active_adapter]
         return f"{type(config).__name__}'s merge_and_unload takes no safe_merge"
@@ -138,6 +253,31 @@ def can_resume(config: Any) -> str | None:
             f"peft refuses is_trainable=True for {type(config).__name__} (prompt learning): the "
             "checkpoint holds the virtual-token table, not the encoder that trained it"
         )
+    return None
+
+
+def supports_gradient_checkpointing(config: Any) -> str | None:
+    """None if training the method under gradient checkpointing is supported, else why not."""
+    if type(config).__name__ in ("PrefixTuningConfig", "CartridgeConfig"):
+        # its prefix is a key/value cache, which recomputation extends a second time (peft#869;
+        # peft PR #2191 refuses the combination at get_peft_model)
+        return (
+            f"{type(config).__name__} feeds a key/value prefix, which gradient checkpointing cannot recompute: "
+            "a recomputed layer extends its prefix cache twice (peft#869)"
+        )
+    return None
+
+
+def supports_weighted_cat(peft_model: Any) -> str | None:
+    """None if ``add_weighted_adapter(..., combination_type="cat")`` applies, else why not: the
+    concatenating combination is LoRA's (LoraModel.add_weighted_adapter)."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if type(config).__name__ != "LoraConfig" or not hasattr(peft_model.base_model, "add_weighted_adapter"):
+        return f"{type(config).__name__} has no add_weighted_adapter with combination_type='cat'"
+    if getattr(config, "use_dora", False):
+        # the combination concatenates A and B only; DoRA normalises each adapter's weight by its
+        # own norm, so no single adapter equals two DoRA adapters applied together
+        return "DoRA: add_weighted_adapter combines A and B only, and DoRA's per-adapter normalisation does not compose"
     return None
 
 
@@ -161,6 +301,13 @@ def merged_parameters(peft_model: Any) -> list[str]:
 _IDENTITY_INIT = {
     "LoraConfig": "init_lora_weights", "AdaLoraConfig": "init_lora_weights", "IA3Config": "init_ia3_weights",
     "LoHaConfig": "init_weights", "LoKrConfig": "init_weights",
+    # init_weights=True starts at the base (measured on tiny-llama: untrained vs base <= 2.4e-07)
+    **{kind: "init_weights" for kind in (
+        "BeftConfig", "BOFTConfig", "DeftConfig", "DeloraConfig", "FrodConfig", "GloraConfig", "GraloraConfig",
+        "HiraConfig", "HRAConfig", "LilyConfig", "MissConfig", "OFTConfig", "OSFConfig",
+        "PeanutConfig", "PsoftConfig", "PveraConfig", "RandLoraConfig", "RoadConfig", "ShadowConfig", "ShiraConfig",
+        "SupertuningConfig", "TinyLoraConfig", "TrainableTokensConfig", "VeraConfig", "WaveFTConfig",
+    )},
 }  # fmt: skip
 _NOT_IDENTITY_INIT = {  # inits that start elsewhere by design
     "loftq": "LoftQ starts A and B at the quantization residual: the untrained adapter approximates "
@@ -194,9 +341,11 @@ def identity_at_init(config: Any) -> str | None:
 
 
 def _is_linear(module: Any) -> bool:
+    """A Linear as peft's all-linear counts it: torch's, or transformers' Conv1D (GPT-2)."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
-    return isinstance(module, torch.nn.Linear)
+    return isinstance(module, (torch.nn.Linear, Conv1D))
 
 
 def matched_targets(base_model: Any, target_modules: Any, *, exclude: Any = None) -> dict[str, list[str]]:
@@ -218,7 +367,11 @@ def matched_targets(base_model: Any, target_modules: Any, *, exclude: Any = None
 
 
 def _features(module: Any) -> tuple[int, int]:
-    return int(module.in_features), int(module.out_features)
+    """(in, out) features; Conv1D stores its weight (in, out) and has no in_features."""
+    if hasattr(module, "in_features"):
+        return int(module.in_features), int(module.out_features)
+    rows, cols = module.weight.shape
+    return int(rows), int(cols)
 
 
 def expected_trainable(base_model: Any, config: Any) -> tuple[int | None, str]:

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peftcheck.errors import MissingExtraError, ResolveError
+from peftcheck.errors import MissingExtraError, PeftcheckError, ResolveError
 from peftcheck.fixtures import BUILTIN_MODELS, materialise, smollm2_gguf
 
 __all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available",
-           "dtype_kwarg"]
+           "dtype_kwarg", "skeleton"]
 
 # Published configurations for hub models a GPU runner may not be able to download: the same
 # architecture with random weights is faithful for memory and speed, not for quality.
@@ -95,6 +95,33 @@ def resolve_model(ref: str, *, base_dir: Path | None = None, build: bool = True)
     raise ResolveError(f"model {ref!r} not found; tried: " + "; ".join(tried), field="model")
 
 
+def skeleton(ref: str, *, base_dir: Path | None = None, trust_remote_code: bool = False) -> tuple[Any, str]:
+    """(a function building the model ``ref`` on the meta device, or None; why not), for
+    ``peftcheck validate``: built-ins and local folders are read, the hub is never fetched."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        source = resolve_model(ref, base_dir=base_dir, build=False)
+    except PeftcheckError as exc:
+        return None, str(exc)
+    if source.synthetic_config is not None:
+        config = AutoConfig.for_model(**source.synthetic_config)
+    elif source.path:
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    elif ref in BUILTIN_MODELS:
+        config = AutoConfig.from_pretrained(materialise(ref))
+    else:
+        return None, f"{source.source}: its config is not here"
+
+    def build() -> Any:
+        import torch
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+    return build, ""
+
+
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """``dtype=`` for from_pretrained/from_config; transformers before 4.56 calls it torch_dtype."""
     import transformers
@@ -155,6 +182,9 @@ def load_base(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # a causal LM takes no token types; a tokenizer that emits them (the fixture's) crashes prompt
+    # learning on OPT with transformers 4.46 ("unexpected keyword argument 'token_type_ids'")
+    tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer

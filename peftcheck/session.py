@@ -84,7 +84,7 @@ class Session:
     def record_check(self, item: "CheckItem", report: pytest.TestReport) -> None:
         measurement = item.stash.get(MEASUREMENT_KEY, None)
         outcome = report.outcome
-        if report.failed and not isinstance(getattr(report.longrepr, "reprcrash", None), type(None)):
+        if report.failed:  # a PeftcheckError's longrepr is a plain string, without reprcrash
             outcome = "failed" if measurement is not None else "error"
         xfail = getattr(report, "wasxfail", None)
         if xfail is not None:
@@ -93,7 +93,8 @@ class Session:
         if report.skipped and xfail is None and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif measurement is None and report.failed:
-            message = str(getattr(report.longrepr, "reprcrash", None) and report.longrepr.reprcrash.message)
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(report.longrepr)
         self.write(
             {
                 "kind": "check", "suite": item.suite.spec.suite, "suite_file": item.suite.path,

@@ -148,7 +148,7 @@ class SuiteSpec(_Strict):
     suite: str = Field(pattern=_ID, description="Suite id, used in test ids and records.")
     description: str = Field("", description="What the suite shows.")
     model: str = Field(
-        description="Built-in model (smollm2-135m, tiny-opt, tiny-llama), local path or hub id."
+        description="Built-in (smollm2-135m, tiny-opt, tiny-llama, tiny-gpt2, tiny-gemma3, tiny-qwen3), path or hub id."
     )
     dtype: Dtype = Field("float32", description="Dtype the base model is loaded in.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")

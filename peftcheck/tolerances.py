@@ -124,6 +124,22 @@ def tolerance_for(*, dtype: str, quantization: str, peft_type: str) -> Tolerance
     raise KeyError(f"no tolerance for {key!r}; the table has {sorted({k for k, _ in TOLERANCES})}")
 
 
+# peft keeps DoRA's magnitude as a module (``lora_magnitude_vector.<adapter>.weight``) but saves it
+# under the name it had as a ParameterDict, ``lora_magnitude_vector`` (peft/tuners/lora/model.py)
+DORA_LIVE_SUFFIX = "lora_magnitude_vector.weight"
+
+
+def peft_state(peft_model: Any, adapter: str | None = None) -> dict[str, Any]:
+    """What peft's ``get_peft_model_state_dict`` saves for ``adapter``, read from the live
+    parameters and buffers (every alias of a shared tensor) instead of ``state_dict()``, which
+    rewrites 4-bit weights bitsandbytes repacked for the CPU in place (adapter_ops.save)."""
+    from peft import get_peft_model_state_dict
+
+    live = dict(peft_model.named_parameters(remove_duplicate=False))
+    live.update(peft_model.named_buffers(remove_duplicate=False))
+    return get_peft_model_state_dict(peft_model, state_dict=live, adapter_name=adapter or peft_model.active_adapter)
+
+
 def expected_checkpoint(peft_model: Any, adapter: str | None = None, *, trainable_only: bool = True) -> dict[str, Any]:
     """What an adapter-only checkpoint of ``adapter`` must hold, derived from the live model:
     checkpoint key -> {"shape", "tensor" (live value, or None when only the shape is fixed),
@@ -134,7 +150,8 @@ def expected_checkpoint(peft_model: Any, adapter: str | None = None, *, trainabl
       produces (the encoder's own MLP/LSTM weights are not saved, by peft's design);
     - budget-allocated ranks (a config ``rank_pattern`` of masks, AdaLoRA) are saved pruned
       to the ranks kept: the rank dimension shrinks to the number of kept ranks;
-    - every other trainable tensor is saved under its name without the adapter name;
+    - every other trainable tensor is saved under its name without the adapter name (DoRA's
+      magnitude also without its ``.weight``);
     - AdapterHub adapters (backend ``adapters``) save every trainable tensor under its own name."""
     import torch
 
@@ -160,11 +177,22 @@ def expected_checkpoint(peft_model: Any, adapter: str | None = None, *, trainabl
         return {"prompt_embeddings": {"shape": tuple(table.shape), "tensor": table, "from": sources}}
     pattern = getattr(config, "rank_pattern", None) or {}
     expected: dict[str, Any] = {}
+    # the key peft saves a live tensor under, found by storage: a tensor shared by every layer (VB-LoRA's
+    # vector bank, UniLoRA's theta_d, TinyLoRA's v) is saved once under the tuner's name, ShadowPEFT keeps
+    # the adapter name in its keys
+    saved_as: dict[tuple[int, tuple[int, ...]], str] = {}
+    for saved_key, value in peft_state(peft_model, adapter).items():
+        if value.numel():
+            saved_as.setdefault((value.data_ptr(), tuple(value.shape)), saved_key)
     for name, param in peft_model.named_parameters():
         parts = name.split(".")
         if adapter not in parts or not (param.requires_grad or not trainable_only):
             continue
-        key = ".".join(p for p in parts if p != adapter).replace("modules_to_save.", "")
+        key = saved_as.get((param.data_ptr(), tuple(param.shape))) or ".".join(
+            p for p in parts if p != adapter
+        ).replace("modules_to_save.", "")
+        if key.endswith(DORA_LIVE_SUFFIX):  # DoRA's magnitude saves without ".weight" (issue 13)
+            key = key.removesuffix(".weight")
         shape, tensor = tuple(param.shape), param.detach().cpu()
         mask = _rank_mask(pattern, key, adapter)
         if mask is not None and len(mask) in shape:

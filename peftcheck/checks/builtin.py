@@ -2,8 +2,10 @@
 
 from peftcheck.checks import (  # noqa: F401
     contract,
+    gradients,
     learning,
     merging,
+    multi_adapter,
     parameters,
     persistence,
     quality,

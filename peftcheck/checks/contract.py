@@ -23,15 +23,21 @@ from peftcheck.checks.outputs import (
     adapter_logits,
     base_logits,
     compare,
+    judged,
+    judged_unit,
     real_logits,
     weight_diff,
+    worst,
 )
 from peftcheck.checks.persistence import UNSAFE_SUFFIXES
 from peftcheck.checks.registry import Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
 from peftcheck.tolerances import Tolerance
 
-__all__ = ["init_identity", "inference_load", "merged_save_load", "safe_merge", "adapter_name_invariance"]
+__all__ = [
+    "init_identity", "inference_load", "merged_save_load", "safe_merge", "adapter_name_invariance",
+    "GenerateAfterDisableParams", "generate_after_disable",
+]  # fmt: skip
 
 
 def _record(ctx: CheckContext, name: str, value: float, unit: str) -> None:
@@ -44,14 +50,6 @@ def _effect(ctx: CheckContext, tol: Tolerance, what: str) -> tuple[Diff, list[st
     if tol.differs(effect):
         return effect, []
     return effect, [f"the trained adapter's output equals the base's ({effect}): {what} proves nothing"]
-
-
-def _judged(diff: Diff, tol: Tolerance) -> float:
-    return diff.kl if tol.by_distribution else diff.max_abs
-
-
-def _unit(tol: Tolerance) -> str:
-    return "nats KL" if tol.by_distribution else "max |Δlogit|"
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -133,9 +131,9 @@ def init_identity(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     _record(ctx, "init_max_abs_diff", identity.max_abs, "logits")
     return Measurement(
         passed=not problems,
-        value=_judged(identity, tol),
+        value=judged(identity, tol),
         bound=f"untrained vs base {tol.describe()} ({tol.source}); trained differs from base",
-        unit=_unit(tol),
+        unit=judged_unit(tol),
         message="; ".join(problems) or f"untrained vs base: {identity}; trained vs base: {effect}",
         details={"init": methods.init_setting(artifact.config), "untrained_vs_base": identity.as_dict(),
                  "effect_vs_base": effect.as_dict(), "rebuild_differs": unlike[:20], "tolerance": tol.source},
@@ -249,11 +247,11 @@ def merged_save_load(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     effect = compare(base_logits(ctx), out)
     if not tol.differs(effect):
         problems.append(f"the reloaded merged model equals the base ({effect}): the adapter does nothing")
-    worst = diffs["reloaded merged vs adapter"]
-    _record(ctx, "merged_reload_max_abs_diff", worst.max_abs, "logits")
+    reloaded = diffs["reloaded merged vs adapter"]
+    _record(ctx, "merged_reload_max_abs_diff", reloaded.max_abs, "logits")
     return Measurement(
         passed=not problems,
-        value=worst.max_abs,
+        value=reloaded.max_abs,
         bound=f"{tol.describe()} ({tol.source}); every tensor loaded; reloaded differs from base",
         unit="max |Δlogit|",
         message="; ".join(problems)
@@ -308,9 +306,9 @@ def safe_merge(ctx: CheckContext, params: ToleranceParams) -> Measurement:
         problems.append(f"safe_merge merged an adapter with a NaN in {names[0]} without refusing")
     return Measurement(
         passed=not problems,
-        value=_judged(diff, tol),
+        value=judged(diff, tol),
         bound=f"{tol.describe()} ({tol.source}), weights within {tol.weight_rtol:g}; a NaN adapter is refused",
-        unit=_unit(tol),
+        unit=judged_unit(tol),
         message="; ".join(problems)
         or f"safe vs normal merge: {diff}; merge moved weights by {moved:.3g}; NaN refused ({refusal})",
         details={"safe_vs_merge": diff.as_dict(), "weight_apart": apart, "merge_moved": moved,
@@ -369,15 +367,121 @@ def adapter_name_invariance(ctx: CheckContext, params: AdapterNameParams) -> Mea
         )
     effect, no_effect = _effect(ctx, tol, "equal outputs under two names")
     problems += no_effect
-    worst = max(diffs.values(), key=lambda d: _judged(d, tol))
+    worst_diff = worst(diffs, tol)
     return Measurement(
         passed=not problems,
         value=float(counts[name]),
         bound=f"trainable count {counts['default']:,} as under 'default'; outputs {tol.describe()} ({tol.source})",
         unit="trainable parameters",
         message="; ".join(problems)
-        or f"{counts[name]:,} trainable under {name!r} as under 'default'; worst output difference {worst}",
+        or f"{counts[name]:,} trainable under {name!r} as under 'default'; worst output difference {worst_diff}",
         details={"counts": counts, "loaded_trainable": loaded_count, "expected_trainable": expected,
                  "tensors_differ": unlike[:20], "comparisons": {w: d.as_dict() for w, d in diffs.items()},
                  "effect_vs_base": effect.as_dict()},
+    )  # fmt: skip
+
+
+class GenerateAfterDisableParams(ToleranceParams):
+    samples: int = Field(4, ge=1, le=64, description="Held-out texts whose first half is a prompt.")
+    max_new_tokens: int = Field(8, ge=1, le=256, description="Greedy tokens generated per prompt.")
+
+
+def _greedy(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, device: str) -> list[Any]:
+    """Per prompt, (new token ids, the logits of each step)."""
+    from peftcheck.checks.quality import greedy
+
+    model.eval()
+    return [greedy(model, tokenizer, prompt, max_new_tokens=max_new_tokens, device=device) for prompt in prompts]
+
+
+def _generations_apart(reference: list[Any], other: list[Any], tol: Tolerance) -> tuple[Diff, list[str]]:
+    """The scores compared over each prompt's shared token prefix up to the first differing
+    token, and the prompts whose tokens differ beyond a near tie (scores within ``tol``)."""
+    import torch
+
+    ref_scores, other_scores, diverged = [], [], []
+    for index, ((ref_ids, ref_step), (ids, step)) in enumerate(zip(reference, other)):
+        same = next((i for i, (a, b) in enumerate(zip(ref_ids, ids)) if a != b), min(len(ref_ids), len(ids)))
+        upto = min(same + 1, ref_step.shape[0], step.shape[0])
+        ref_scores.append(ref_step[:upto])
+        other_scores.append(step[:upto])
+        if ref_ids != ids and tol.problems(compare(ref_step[:upto], step[:upto]), ""):
+            diverged.append(f"prompt {index} from token {same}")
+    return compare(torch.cat(ref_scores), torch.cat(other_scores)), diverged
+
+
+def _prompt_logits(model: Any, tokenizer: Any, prompts: list[str], *, device: str) -> Any:
+    """The forward pass's logits at each prompt's last token, [prompts, vocab]."""
+    import torch
+
+    rows = []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, return_tensors="pt").to(device)
+        with torch.no_grad():
+            rows.append(model(**encoded).logits[0, -1].float().cpu())
+    return torch.stack(rows)
+
+
+@register_check("generate_after_disable", params=GenerateAfterDisableParams)
+def generate_after_disable(ctx: CheckContext, params: GenerateAfterDisableParams) -> Measurement:
+    """generate() inside disable_adapter() is the base's, and after it the adapter's again,
+    compared on greedy tokens and their scores (peft#1501: prompt learning generated as the base
+    after the context, which a forward pass does not show); the first generated step is the
+    adapter's forward pass, and the adapter generates unlike the base."""
+    import torch
+
+    from peftcheck.checks.merging import require_original_base
+    from peftcheck.checks.quality import held_out_texts, split_prompt
+
+    artifact = ctx.artifact()
+    require_original_base(ctx)
+    tol = params.tolerance(ctx)
+    prompts = [split_prompt(t, 0.5)[0] for t in held_out_texts(ctx, params.samples)]
+    if not prompts:
+        raise NotApplicable("no held-out text of two or more words to prompt with")
+    kwargs = {"max_new_tokens": params.max_new_tokens, "device": artifact.device}
+    tokenizer = artifact.base.tokenizer
+    key = ("generate_after_disable", tuple(prompts), params.max_new_tokens)
+    if key not in artifact.base.memo:  # the base is shared by every method of the suite
+        artifact.base.memo[key] = _greedy(artifact.base.model, tokenizer, prompts, **kwargs)
+    base = artifact.base.memo[key]
+    model = artifact.model
+    was_training = model.training
+    try:
+        before = _greedy(model, tokenizer, prompts, **kwargs)
+        with adapter_ops.disabled(model):
+            disabled = _greedy(model, tokenizer, prompts, **kwargs)
+        after = _greedy(model, tokenizer, prompts, **kwargs)
+    finally:
+        model.train(was_training)
+    runs = {"disabled vs base": (base, disabled), "after disable vs adapter": (before, after)}
+    problems, diffs = [], {}
+    # generate()'s first step must be the adapter's own forward pass at the prompt's last token
+    diffs["first generated step vs forward"] = compare(
+        _prompt_logits(model, tokenizer, prompts, device=artifact.device), torch.stack([s[0] for _, s in before])
+    )
+    problems += tol.problems(diffs["first generated step vs forward"], "adapter: first generated step vs its forward pass")
+    for what, (reference, other) in runs.items():
+        diffs[what], diverged = _generations_apart(reference, other, tol)
+        problems += tol.problems(diffs[what], f"{what} (generation scores)")
+        if diverged:
+            problems.append(f"{what}: greedy tokens differ ({', '.join(diverged[:3])})")
+    effect, _ = _generations_apart(base, before, tol)
+    tokens_apart = sum(ids != base_ids for (ids, _), (base_ids, _) in zip(before, base))
+    if not tol.differs(effect) and not tokens_apart:
+        problems.append(f"the adapter generates as the base does ({effect}): the comparison proves nothing")
+    worst_diff = worst(diffs, tol)
+    _record(ctx, "generate_after_disable_max_abs_diff", worst_diff.max_abs, "logits")
+    return Measurement(
+        passed=not problems,
+        value=judged(worst_diff, tol),
+        bound=f"scores {tol.describe()} ({tol.source}), the same greedy tokens; the adapter generates unlike the base",
+        unit=judged_unit(tol),
+        message="; ".join(problems)
+        or "; ".join(f"{w}: {d}" for w, d in diffs.items())
+        + f"; adapter vs base: {effect}, tokens differ on {tokens_apart}/{len(prompts)} prompts",
+        details={"prompts": prompts, "comparisons": {w: d.as_dict() for w, d in diffs.items()},
+                 "effect_vs_base": effect.as_dict(), "prompts_with_other_tokens": tokens_apart,
+                 "tokens": {"base": [ids for ids, _ in base], "adapter": [ids for ids, _ in before],
+                            "disabled": [ids for ids, _ in disabled], "after": [ids for ids, _ in after]}},
     )  # fmt: skip

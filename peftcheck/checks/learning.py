@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
@@ -24,6 +26,12 @@ def loss_decrease(ctx: CheckContext, params: LossDecreaseParams) -> Measurement:
     window = min(params.window, len(curve) // 2)
     first = sum(curve[:window]) / window
     last = sum(curve[-window:]) / window
+    if not (math.isfinite(first) and math.isfinite(last)) or first == 0:
+        return Measurement(
+            passed=False, value=None, bound=f">= {params.min_relative}", unit="relative decrease",
+            message=f"training loss {first} -> {last}: no finite, non-zero loss to decrease (did the method mask every label?)",
+            details={"first": first, "last": last, "window": window},
+        )
     relative = (first - last) / first
     return Measurement(
         passed=relative >= params.min_relative,

@@ -22,14 +22,17 @@ from peftcheck.checks.outputs import (
     adapter_logits,
     base_logits,
     compare,
+    judged,
+    judged_unit,
     real_logits,
     weight_diff,
+    worst,
 )
 from peftcheck.checks.registry import Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
 from peftcheck.tolerances import Tolerance
 
-__all__ = ["merge_equivalence", "unmerge_restores", "disable_equals_base", "adapter_switching"]
+__all__ = ["merge_equivalence", "unmerge_restores", "disable_equals_base", "merged_disable", "adapter_switching"]
 
 
 def _record(ctx: CheckContext, name: str, value: float, unit: str) -> None:
@@ -46,14 +49,37 @@ def _record_diffs(ctx: CheckContext, prefix: str, diffs: dict[str, Diff], tol: T
         _record(ctx, f"{prefix}_top1_agreement", min(d.top1 for d in values), "fraction")
 
 
-def _require_merge(ctx: CheckContext) -> Any:
-    from peftcheck.methods import can_merge
+def _require_merge(ctx: CheckContext, *, unmerge: bool = False) -> Any:
+    from peftcheck.methods import can_merge, can_unmerge
 
     artifact = ctx.artifact()
-    reason = can_merge(artifact.model)
+    reason = (can_unmerge if unmerge else can_merge)(artifact.model)
     if reason is not None:
         raise NotApplicable(reason)
     return artifact
+
+
+def require_float_merge(ctx: CheckContext, what: str, *, unmerge: bool = False) -> Any:
+    """The artifact, if it can merge into a float base; NotApplicable on a 4/8-bit base, whose
+    merges re-quantize W + ΔW (merge_equivalence and unmerge_restores judge those, with their
+    findings): ``what`` would only repeat that rounding."""
+    artifact = _require_merge(ctx, unmerge=unmerge)
+    if artifact.base.quantization != "none":
+        raise NotApplicable(
+            f"{artifact.base.quantization} base: a merge re-quantizes W + ΔW, so {what} would measure that "
+            "rounding again (merge_equivalence and unmerge_restores judge merges into quantized bases)"
+        )
+    return artifact
+
+
+def require_original_base(ctx: CheckContext) -> None:
+    """NotApplicable where the init rewrote the base (PiSSA, OLoRA): disabling the adapter gives that
+    residual by design, and a second adapter loaded onto the original base is not the same adapter."""
+    from peftcheck.methods import rewrites_base
+
+    reason = rewrites_base(ctx.artifact().config)
+    if reason is not None:
+        raise NotApplicable(reason)
 
 
 def _merged_into_dequantized(ctx: CheckContext) -> Any:
@@ -93,12 +119,11 @@ def merge_equivalence(ctx: CheckContext, params: ToleranceParams) -> Measurement
         problems.append(f"the merged model equals the base ({effect}): the adapter does nothing")
     _record_diffs(ctx, "merge", diffs, tol)
     _record(ctx, "merge_effect_max_abs", effect.max_abs, "logits")
-    worst = max(diffs.values(), key=lambda d: d.kl if tol.by_distribution else d.max_abs)
     return Measurement(
         passed=not problems,
-        value=worst.kl if tol.by_distribution else worst.max_abs,
+        value=judged(worst(diffs, tol), tol),
         bound=f"{tol.describe()} ({tol.source}); merged differs from base",
-        unit="nats KL" if tol.by_distribution else "max |Δlogit|",
+        unit=judged_unit(tol),
         message="; ".join(problems)
         or "; ".join(f"{what}: {diff}" for what, diff in diffs.items()) + f"; effect vs base: {effect}",
         details={
@@ -113,10 +138,16 @@ def merge_equivalence(ctx: CheckContext, params: ToleranceParams) -> Measurement
 @register_check("unmerge_restores", params=ToleranceParams)
 def unmerge_restores(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     """After merge then unmerge, the output is the adapter's again and the base weights the originals."""
-    artifact = _require_merge(ctx)
+    from peftcheck.methods import rewrites_base
+
+    artifact = _require_merge(ctx, unmerge=True)
     tol = params.tolerance(ctx)
     reference, batch = adapter_logits(ctx), ctx.probe()
     pristine = artifact.base.model
+    if rewrites_base(artifact.config):  # unmerge restores the residual the init wrote, rebuilt here
+        from peftcheck.checks.contract import _untrained
+
+        pristine = _untrained(ctx).unload()  # unload: the adapter off, not merged
 
     model = copy.deepcopy(artifact.model)
     model.merge_adapter()
@@ -157,6 +188,7 @@ def unmerge_restores(ctx: CheckContext, params: ToleranceParams) -> Measurement:
 def disable_equals_base(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     """Inside disable_adapter() the output is the untouched base's; after it, the adapter's again."""
     artifact = ctx.artifact()
+    require_original_base(ctx)
     tol = params.tolerance(ctx)
     reference, base, batch = adapter_logits(ctx), base_logits(ctx), ctx.probe()
     with adapter_ops.disabled(artifact.model):
@@ -181,6 +213,38 @@ def disable_equals_base(ctx: CheckContext, params: ToleranceParams) -> Measureme
     )
 
 
+@register_check("merged_disable", params=ToleranceParams)
+def merged_disable(ctx: CheckContext, params: ToleranceParams) -> Measurement:
+    """A merged adapter (merge_adapter) disabled gives the base's output, and the adapter's again
+    after disable_adapter() (PEFT's test_disable_adapters_with_merging)."""
+    artifact = require_float_merge(ctx, "disabling a merged adapter", unmerge=True)
+    require_original_base(ctx)
+    tol = params.tolerance(ctx)
+    reference, base, batch = adapter_logits(ctx), base_logits(ctx), ctx.probe()
+    model = copy.deepcopy(artifact.model)
+    model.merge_adapter()
+    diffs = {"merged vs adapter": compare(reference, real_logits(model, batch))}
+    with adapter_ops.disabled(model):
+        diffs["merged, disabled vs base"] = compare(base, real_logits(model, batch))
+    diffs["after disable vs adapter"] = compare(reference, real_logits(model, batch))
+    del model
+    effect = compare(base, reference)
+    problems = [p for what, diff in diffs.items() for p in tol.problems(diff, what)]
+    if not tol.differs(effect):
+        problems.append(f"the adapter's output equals the base's ({effect}): disabling it proves nothing")
+    disabled = diffs["merged, disabled vs base"]
+    _record(ctx, "merged_disable_max_abs_diff", disabled.max_abs, "logits")
+    return Measurement(
+        passed=not problems,
+        value=judged(disabled, tol),
+        bound=f"{tol.describe()} ({tol.source}); adapter differs from base",
+        unit=judged_unit(tol),
+        message="; ".join(problems)
+        or "; ".join(f"{what}: {diff}" for what, diff in diffs.items()) + f"; effect vs base: {effect}",
+        details={"comparisons": {w: d.as_dict() for w, d in diffs.items()}, "effect_vs_base": effect.as_dict()},
+    )
+
+
 class AdapterSwitchingParams(ToleranceParams):
     mixed_batch: bool = Field(
         True,
@@ -201,10 +265,13 @@ def _second_adapter_state(peft_model: Any, seed: int) -> dict[str, Any]:
 
     from peft import get_peft_model_state_dict
 
+    from peftcheck.tolerances import expected_checkpoint
+
+    trained = set(expected_checkpoint(peft_model))  # fixed tensors (projections, indices, norms) stay as saved
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in sorted(get_peft_model_state_dict(peft_model).items()):
-        if value.is_floating_point() and value.numel() > 0:
+        if key in trained and value.is_floating_point() and value.numel() > 0:
             scale = float(value.float().std()) if value.numel() > 1 else float(value.abs().max())
             noise = torch.randn(value.shape, generator=generator) * NOISE_SCALE * max(scale, 1e-2)
             value = (value.float().cpu() + noise).to(value.dtype).to(value.device)
@@ -219,9 +286,12 @@ def _second_adapter(peft_model: Any, folder: Path, seed: int) -> dict[str, Any]:
 
     peft_model.save_pretrained(folder)
     state = _second_adapter_state(peft_model, seed)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state.items()}  # no shared storage
     save_file(tensors, str(folder / adapter_ops.PEFT_CHECKPOINT), metadata={"format": "pt"})
-    return state
+    from peftcheck.tolerances import expected_checkpoint
+
+    trained = set(expected_checkpoint(peft_model))
+    return {key: value for key, value in state.items() if key in trained}  # what _not_loaded checks
 
 
 def _mixed_batch(
@@ -292,11 +362,11 @@ def adapter_switching(ctx: CheckContext, params: AdapterSwitchingParams) -> Meas
             diffs["mixed batch vs separate runs"] = mixed
         problems += mixed_problems
     del model
-    worst = max(d.max_abs for d in diffs.values())
-    _record(ctx, "switching_max_abs_diff", worst, "logits")
+    largest = max(d.max_abs for d in diffs.values())
+    _record(ctx, "switching_max_abs_diff", largest, "logits")
     return Measurement(
         passed=not problems,
-        value=worst,
+        value=largest,
         bound=f"{tol.describe()} ({tol.source}); the adapters differ",
         unit="max |Δlogit|",
         message="; ".join(problems)

@@ -12,7 +12,10 @@ from peftcheck.checks.registry import CheckParams
 from peftcheck.context import CheckContext
 from peftcheck.tolerances import Tolerance, tolerance_for
 
-__all__ = ["ToleranceParams", "table_tolerance", "Diff", "real_logits", "adapter_logits", "base_logits", "compare", "weight_diff"]
+__all__ = [
+    "ToleranceParams", "table_tolerance", "Diff", "real_logits", "adapter_logits", "base_logits", "compare",
+    "judged", "judged_unit", "worst", "weight_diff",
+]  # fmt: skip
 
 
 class ToleranceParams(CheckParams):
@@ -87,6 +90,20 @@ def base_logits(ctx: CheckContext) -> Any:
     return artifact.memo["logits:base"]
 
 
+def judged(diff: Diff, tol: Tolerance) -> float:
+    """The figure ``tol`` judges ``diff`` by: KL for a distribution tolerance, else max |Δlogit|."""
+    return diff.kl if tol.by_distribution else diff.max_abs
+
+
+def judged_unit(tol: Tolerance) -> str:
+    return "nats KL" if tol.by_distribution else "max |Δlogit|"
+
+
+def worst(diffs: dict[str, Diff], tol: Tolerance) -> Diff:
+    """The comparison furthest off by the figure ``tol`` judges."""
+    return max(diffs.values(), key=lambda d: judged(d, tol))
+
+
 def compare(reference: Any, other: Any) -> Diff:
     """Differences of ``other`` from ``reference`` (both [tokens, vocab] float32)."""
     import torch
@@ -139,7 +156,8 @@ def _base_params(model: Any) -> dict[str, tuple[Any, Any]]:
 
 def weight_diff(reference: Any, other: Any) -> tuple[float, str | None, list[str]]:
     """Base weights of ``other`` against those of ``reference`` (dequantized where quantized):
-    (largest ||W' - W|| / ||W|| over the tensors, which tensor, tensors missing or reshaped)."""
+    (largest ||W' - W|| / max(||W||, ||W'||) over the tensors, which tensor, tensors missing or
+    reshaped)."""
     import torch
 
     theirs = _base_params(other)
@@ -155,7 +173,9 @@ def weight_diff(reference: Any, other: Any) -> tuple[float, str | None, list[str
             continue
         if torch.equal(current, original):
             continue
-        norm = torch.linalg.vector_norm(original).clamp_min(1e-30)
+        # relative to the larger norm: a zero-initialised bias (OPT's) that a merge moves is off by
+        # at most 2, not by 1e30
+        norm = torch.maximum(torch.linalg.vector_norm(original), torch.linalg.vector_norm(current)).clamp_min(1e-30)
         change = float(torch.linalg.vector_norm(current - original) / norm)
         if change > worst:
             worst, where = change, name

@@ -55,6 +55,8 @@ def target_coverage(ctx: CheckContext, params: TargetCoverageParams) -> Measurem
     targets = getattr(artifact.config, "target_modules", None)
     if targets is None:
         raise NotApplicable(f"{type(artifact.config).__name__} has no target_modules")
+    if type(artifact.config).__name__ == "AdaptionPromptConfig":
+        targets = [targets]  # the attention module's name, matched as a suffix (peft's adaption_prompt), not a regex
     matched = matched_targets(artifact.base.model, targets)
     wrapped = _wrapped_modules(artifact.model)
     coverage = {entry: sorted(set(names) & wrapped) for entry, names in matched.items()}
@@ -78,14 +80,22 @@ def _wrapped_modules(peft_model: Any) -> set[str]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     base = peft_model.get_base_model()
-    return {name for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)}
+    return {name for name, module in base.named_modules()
+            if isinstance(module, BaseTunerLayer) or type(module).__name__ == "AdaptedAttention"}
 
 
 class BaseFrozenParams(CheckParams):
     pass
 
 
-def _base_name(name: str) -> str:
+def _wrappers(model: Any) -> list[str]:
+    """Modules peft wraps whole, holding the original as ``.model`` (adaption prompt's AdaptedAttention)."""
+    return [n for n, m in model.named_modules() if type(m).__name__ == "AdaptedAttention"]
+
+
+def _base_name(name: str, wrappers: list[str] = ()) -> str:
+    for wrapper in wrappers:
+        name = name.replace(f"{wrapper}.model.", f"{wrapper}.")
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
@@ -94,9 +104,17 @@ def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
     """Every base weight is bitwise unchanged after training (and none went missing)."""
     import torch
 
+    from peftcheck.methods import rewrites_base
+
     artifact = ctx.artifact()
     pristine = dict(artifact.base.model.named_parameters())
-    trained = {_base_name(n): p for n, p in artifact.model.get_base_model().named_parameters()}
+    if rewrites_base(artifact.config):  # the base training froze is the residual the init wrote: rebuild it
+        from peftcheck.checks.contract import _untrained
+
+        rebuilt = dict(_untrained(ctx).unload().named_parameters())  # unload: the adapter off, not merged
+        pristine = {n: rebuilt.get(n, p) for n, p in pristine.items()}
+    base = artifact.model.get_base_model()
+    trained = {_base_name(n, _wrappers(base)): p for n, p in base.named_parameters()}
     changed, missing = [], []
     for name, original in pristine.items():
         current = trained.get(name)

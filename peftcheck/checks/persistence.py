@@ -83,7 +83,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
 
     Every trainable tensor is saved with its live shape and value, none empty; a fresh base
     plus the checkpoint gives the adapter's outputs, and saving that again gives the same file."""
-    from peftcheck.tolerances import expected_checkpoint
+    from peftcheck.tolerances import expected_checkpoint, peft_state
 
     artifact = ctx.artifact()
     tol = params.tolerance(ctx)
@@ -118,7 +118,24 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
         problems.append(f"saving the reloaded adapter changes {len(changed)} tensor(s): {changed[:3]}")
     if leaked:
         problems.append(f"{len(leaked)} base weight(s) in the adapter checkpoint: {leaked[:3]}")
-    limit = params.max_ratio_to_trainable * trainable_bytes + HEADER_ALLOWANCE
+    # tensors peft saves by design beside the trainable ones (VeRA/RandLoRA/FRoD projections, SHiRA
+    # indices, DeLoRA norms): counted into the bound, listed in details["extra"]
+    live = {t.data_ptr() for t in (*artifact.model.parameters(), *artifact.model.buffers()) if t.numel()}
+    storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, value in peft_state(artifact.model).items():
+        if value.numel() and value.data_ptr() in live:  # not the pruned copies AdaLoRA saves
+            storage.setdefault((value.data_ptr(), tuple(value.shape)), []).append(key)
+        else:
+            storage[(id(value), ())] = [key]
+    copies = [keys for keys in storage.values() if len(keys) > 1]  # one live tensor saved under several keys
+    if copies:
+        problems.append(
+            f"{sum(len(k) - 1 for k in copies)} checkpoint key(s) repeat a live tensor saved under another key: "
+            f"{copies[0][:3]}"
+        )
+    once = {keys[0] for keys in storage.values()}
+    fixed_bytes = sum(saved[k].numel() * saved[k].element_size() for k in extra if k in once)
+    limit = params.max_ratio_to_trainable * (trainable_bytes + fixed_bytes) + HEADER_ALLOWANCE
     if size > limit:
         problems.append(
             f"checkpoint {size:,} bytes > {params.max_ratio_to_trainable} x {trainable_bytes:,} trainable bytes + header"

@@ -11,7 +11,9 @@ from pydantic import Field, model_validator
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
 
-__all__ = ["GenerationParams", "generation", "ForgettingParams", "forgetting", "split_prompt"]
+__all__ = [
+    "GenerationParams", "generation", "ForgettingParams", "forgetting", "split_prompt", "held_out_texts", "greedy",
+]  # fmt: skip
 
 ScoreName = Literal[
     "rouge1", "rouge2", "rougeL", "rouge", "bleu", "sacrebleu", "exact_match", "distinct_1", "distinct_2"
@@ -61,7 +63,7 @@ def split_prompt(text: str, fraction: float) -> tuple[str, str]:
     return " ".join(words[:cut]), " ".join(words[cut:])
 
 
-def _held_out_texts(ctx: CheckContext, count: int) -> list[str]:
+def held_out_texts(ctx: CheckContext, count: int) -> list[str]:
     from peftcheck.data import load_split
 
     spec = ctx.suite.spec.data
@@ -71,23 +73,31 @@ def _held_out_texts(ctx: CheckContext, count: int) -> list[str]:
     return [t for t in texts if len(t.split()) >= 2][:count]
 
 
+def greedy(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, device: str) -> tuple[list[int], Any]:
+    """One prompt's greedy completion, alone so no padding is involved (the model in eval mode):
+    the new token ids, and the raw logits of each step [steps, vocab] (float32, CPU)."""
+    import torch
+
+    encoded = tokenizer(prompt, return_tensors="pt").to(device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+            output_logits=True,  # raw logits: processed scores may hold -inf where a processor masks
+        )  # fmt: skip
+    new = out.sequences[0, encoded["input_ids"].shape[1] :].tolist()
+    return new, torch.cat([step.float().cpu() for step in out.logits])
+
+
 def _generate(
     model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, device: str
 ) -> list[tuple[str, list[int]]]:
-    """Greedy completions (text, new token ids), one prompt at a time so no padding is involved."""
-    import torch
-
+    """Greedy completions (text, new token ids), one prompt at a time."""
     was_training = model.training
     model.eval()
     completions = []
     for prompt in prompts:
-        encoded = tokenizer(prompt, return_tensors="pt").to(device)
-        with torch.no_grad():
-            ids = model.generate(
-                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        new = ids[0, encoded["input_ids"].shape[1] :].tolist()
+        new, _ = greedy(model, tokenizer, prompt, max_new_tokens=max_new_tokens, device=device)
         completions.append((tokenizer.decode(new, skip_special_tokens=True).strip(), new))
     model.train(was_training)
     return completions
@@ -149,7 +159,7 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     if params.prompts is not None:
         prompts, references = list(params.prompts), params.references
     else:
-        pairs = [split_prompt(t, params.prompt_fraction) for t in _held_out_texts(ctx, params.samples)]
+        pairs = [split_prompt(t, params.prompt_fraction) for t in held_out_texts(ctx, params.samples)]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     if references is None and SCORES[metric][2]:
         raise NotApplicable(f"metric {params.metric!r} needs references; give `references` or use distinct_1/2")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,9 +31,22 @@ Outcome = Literal["passed", "failed", "skipped", "error"]
 
 
 class CheckParams(BaseModel):
-    """Base of every check's parameters: unknown keys are errors."""
+    """Base of every check's parameters: unknown keys are errors.
+
+    ``method_fields`` names the fields whose values are other methods of the suite (a name or a
+    list of names; ``base`` stands for the base model): validation rejects names the suite lacks."""
 
     model_config = ConfigDict(extra="forbid")
+    method_fields: ClassVar[tuple[str, ...]] = ()
+
+    def named_methods(self) -> dict[str, list[str]]:
+        """Field -> the method names it holds."""
+        named = {}
+        for field in self.method_fields:
+            value = getattr(self, field)
+            if value is not None:
+                named[field] = [value] if isinstance(value, str) else list(value)
+        return named
 
 
 class XfailSpec(BaseModel):
@@ -201,13 +214,22 @@ def validate_expectations(loaded: "LoadedSuite") -> None:
     for method in spec.methods:  # a method's fields merged over the suite's must still agree
         for name, raw in spec.expectations(method).items():
             try:
-                parse_params(get_check(name), raw)
+                parsed, _ = parse_params(get_check(name), raw)
             except ValidationError as exc:
                 place = ("methods", method, "expect", name)
                 raise SuiteError(
                     f"merged over expect.{name}: {exc.errors()[0]['msg']}", file=loaded.path,
                     line=loaded.line_of(*place) or loaded.line_of("expect", name), field=".".join(place),
                 ) from None
+            for key, names in parsed.named_methods().items():
+                wrong = [n for n in names if n not in spec.methods and n != "base"]
+                if wrong:
+                    place = ("methods", method, "expect", name) if name in spec.methods[method].expect else ("expect", name)
+                    raise SuiteError(
+                        f"got {wrong}, not a method of this suite", file=loaded.path,
+                        line=loaded.line_of(*place, key) or loaded.line_of(*place), field=".".join((*place, key)),
+                        hint=f"methods: {', '.join(sorted(spec.methods))}",
+                    )
 
 
 def _load_builtin_checks() -> None:

@@ -36,6 +36,7 @@ def _range(low: float | None, high: float | None, what: str) -> str:
 
 
 class MemoryFootprintParams(CheckParams):
+    method_fields = ("relative_to",)
     max_mib: float | None = Field(None, gt=0, description="Largest footprint, MiB.")
     max_ratio: float | None = Field(
         None, gt=0, description="Largest footprint as a ratio to the footprint of `relative_to`."
@@ -196,6 +197,7 @@ def quantization_savings(ctx: CheckContext, params: QuantizationSavingsParams) -
 
 
 class PeakMemoryParams(CheckParams):
+    method_fields = ("reference",)
     max_mib: dict[Phase, float] = Field(
         default_factory=dict,
         description="Largest peak growth per phase, MiB, e.g. {train_step: 600, total: 1200}. Phases: "
@@ -386,6 +388,7 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
 
 
 class ThroughputParams(CheckParams):
+    method_fields = ("reference",)
     reference: str = Field(description="Method of the suite whose training tokens/s is the denominator.")
     min_ratio: float | None = Field(None, gt=0, description="Smallest tokens/s ratio to the reference.")
     max_ratio: float | None = Field(None, gt=0, description="Largest tokens/s ratio to the reference.")

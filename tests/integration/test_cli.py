@@ -37,6 +37,35 @@ def test_validate_reports_unknown_config_argument(tmp_path: Path, capsys: pytest
     assert "methods.lora.lora_alpah: unknown argument of LoraConfig" in err and "lora_alpha" in err
 
 
+@pytest.mark.parametrize(
+    ("method", "field", "message"),
+    [
+        ({**LORA, "r": "eight"}, "methods.lora.r", "got 'eight', input should be a valid integer"),
+        ({**LORA, "r": "8"}, "methods.lora.r", "got '8', a string where a int is wanted"),
+        ({**LORA, "use_dora": "yes"}, "methods.lora.use_dora", "got 'yes', a string where a bool is wanted"),
+        # tiny-opt's projections are 64 wide: RoAd's groups must divide them (found applying it to
+        # the model on the meta device, without training)
+        ({"peft": "RoadConfig", "group_size": 48, "target_modules": ["q_proj"]}, "methods.lora",
+         "peft could not apply the method: The out_features of the base layer must be divisible by group_size (48)"),
+        ({**LORA, "target_modules": ["q_prj"]}, "methods.lora", "Target modules {'q_prj'} not found in the base model"),
+    ],
+)  # fmt: skip
+def test_validate_builds_what_it_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], method: dict, field: str, message: str
+) -> None:
+    path = write(tmp_path, tiny_suite({"lora": method}, expect={"trainable_ratio": {}}))
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith(f"{path}:"))
+    number = int(line.split(":")[1].split()[0])
+    assert f" {field}: " in line and message in line and "Traceback" not in err
+    key = field.rsplit(".", 1)[1]
+    assert path.read_text().splitlines()[number - 1].strip().startswith(f"{key}:")
+    good = {**method, **{"r": 8, "use_dora": True, "group_size": 32, "target_modules": ["q_proj"]}}
+    good = {k: v for k, v in good.items() if k in method}
+    assert main(["validate", str(write(tmp_path, tiny_suite({"lora": good}), "good.yaml"))]) == 0
+
+
 def test_validate_says_which_adapters_methods_it_could_not_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

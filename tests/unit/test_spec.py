@@ -108,6 +108,32 @@ def test_check_params_are_validated() -> None:
         load_suite_text(text(suite))
 
 
+@pytest.mark.parametrize(
+    ("where", "check", "params", "field"),
+    [
+        ("method", "co_resident", {"adapters": ["lora", "lora_b"]}, "methods.ia3.expect.co_resident.adapters"),
+        ("suite", "throughput", {"reference": "lora_b", "min_ratio": 0.5}, "expect.throughput.reference"),
+        ("suite", "memory_footprint", {"relative_to": "lora_b", "max_ratio": 2}, "expect.memory_footprint.relative_to"),
+    ],
+)
+def test_a_check_naming_a_method_the_suite_lacks_is_located(where: str, check: str, params: dict, field: str) -> None:
+    def suite_with(params: dict) -> dict:
+        methods = {"lora": LORA, "ia3": {"peft": "IA3Config", "target_modules": ["k_proj"], "feedforward_modules": []}}
+        if where == "method":
+            methods["ia3"]["expect"] = {check: params}
+            return tiny_suite(methods)
+        return tiny_suite(methods, expect={check: params})
+
+    wrong = suite_with(params)
+    with pytest.raises(SuiteError) as info:
+        load_suite_text(text(wrong), path="suites/x.yaml")
+    err = info.value
+    assert err.field == field and "got ['lora_b'], not a method of this suite" in str(err)
+    assert text(wrong).splitlines()[err.line - 1].strip().startswith(field.rsplit(".", 1)[1])
+    fixed = {k: ["lora"] if isinstance(v, list) else "lora" if v == "lora_b" else v for k, v in params.items()}
+    load_suite_text(text(suite_with(fixed)))  # the same suite naming methods it has loads
+
+
 def test_xfail_is_accepted_on_any_check() -> None:
     suite = tiny_suite({"lora": LORA}, expect={"target_coverage": {"xfail": {"reason": "r", "when": {"peft": "<99"}}}})
     assert load_suite_text(text(suite)).spec.expectations("lora")["target_coverage"]["xfail"]["reason"] == "r"
