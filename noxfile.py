@@ -257,6 +257,9 @@ def matrix(session: nox.Session, cell: Cell) -> None:
                        "install_s": round(installed - started, 1), "run_s": round(ran - installed, 1)},
                 fresh=not cell.results.exists())  # fmt: skip
     session.log(f"{cell.id}: install {installed - started:.0f}s, run {ran - installed:.0f}s")
+    if status == "ran":  # the cell's own method x check page beside its results (issue 13)
+        session.run("python", "-m", "peftcheck", "grid", str(cell.results), "-o", str(cell.results.with_suffix(".md")),
+                    "--title", f"{cell.id}: method × check", env=env, silent=True)  # fmt: skip
     _merge(session)
 
 

@@ -69,6 +69,7 @@ class Column:
     run_s: float | None = None
     python: str | None = None
     device: str | None = None
+    suites: list[str] | None = None  # the suite files the cell ran (its cell record), None: unknown
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -181,6 +182,7 @@ def _column_of(path: str, records: list[dict[str, Any]]) -> tuple[Column, list[d
         column.status = str(cell.get("status") or "ran")
         column.reason, column.cell, column.note = cell.get("reason"), cell.get("cell"), str(cell.get("note") or "")
         column.install_s, column.run_s = cell.get("install_s"), cell.get("run_s")
+        column.suites = list(cell["suites"]) if cell.get("suites") else None
     checks = [r for r in records if r.get("kind") == "check"]
     return column, checks
 
@@ -210,9 +212,12 @@ def _merge_columns(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[tup
     return sorted(merged.values(), key=lambda pair: pair[0].order())
 
 
-def _cell(record: dict[str, Any] | None, column: Column) -> MatrixCell:
+def _cell(record: dict[str, Any] | None, column: Column, suite_files: set[str]) -> MatrixCell:
     if record is None:
-        if column.status in ("import-failed", "no-results"):  # the cell ran and broke: every item errs
+        # the cell ran and broke: every item of the suites it runs errs (``suite_files``: the row's
+        # suite's files, as other columns recorded them; a suite the cell does not run stays "not run")
+        ran = column.suites is None or not suite_files or bool(suite_files & set(column.suites))
+        if column.status in ("import-failed", "no-results") and ran:
             return MatrixCell("error", message=f"{column.status_text}: {column.reason or ''}".strip())
         return MatrixCell(None, message=f"{column.status_text}: {column.reason}" if column.reason else "")
     xfail = record.get("xfail")
@@ -255,9 +260,14 @@ def build_matrix(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> Matrix:
             order.setdefault(key, len(order))
     suites = {k[0]: i for i, k in reversed(list(enumerate(order)))}  # first appearance of a suite
     keys = sorted(order, key=lambda k: (suites[k[0]], order[k]))
+    files: dict[str, set[str]] = {}  # suite -> the files its records came from
+    for _, items in merged:
+        for record in items.values():
+            if record.get("suite_file"):
+                files.setdefault(str(record.get("suite")), set()).add(str(record["suite_file"]))
     rows, flips = [], []
     for key in keys:
-        row = Row(*key, cells=[_cell(items.get(key), column) for column, items in merged])
+        row = Row(*key, cells=[_cell(items.get(key), column, files.get(key[0], set())) for column, items in merged])
         flips += _mark_flips(row, columns)
         rows.append(row)
     for column, items in merged:

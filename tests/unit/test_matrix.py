@@ -96,6 +96,18 @@ def test_a_cell_whose_import_failed_errs_on_every_row_and_flips() -> None:
     assert matrix.columns[1].status_text == "import failed"
 
 
+def test_an_import_failed_cell_errs_only_on_the_suites_it_runs() -> None:
+    # a historic cell that runs suites/historic.yaml alone must not turn the matrix suite's rows red
+    broken = run(NEW, cell={"cell": "new", "status": "import-failed", "reason": "ModuleNotFoundError",
+                            "suites": ["suites/historic.yaml"]})  # fmt: skip
+    old = run(OLD, check("prefix", "loss_decrease", "passed", suite_file="suites/matrix.yaml"),
+              {**check("lora_bias", "merge", "passed", suite_file="suites/historic.yaml"), "suite": "historic"})
+    matrix = build_matrix([("o", old), ("n", broken)])
+    assert outcomes(matrix, "prefix", "loss_decrease") == ["passed", None]
+    assert outcomes(matrix, "lora_bias", "merge") == ["passed", "error"]
+    assert [(f.method, f.kind) for f in matrix.flips] == [("lora_bias", "regressed")]
+
+
 def test_a_cell_that_cannot_install_is_listed_with_its_reason_and_runs_nothing() -> None:
     skipped = run({"peft": "0.21.2", "transformers": "5.24.0", "adapters": "1.3.0", "torch": "2.13.0"},
                   cell={"cell": "x", "status": "not-installable", "reason": "adapters 1.3.0 depends on transformers~=4.57.6"})  # fmt: skip
