@@ -29,6 +29,8 @@ __all__ = [
     "identity_at_init",
     "init_setting",
     "matched_targets",
+    "coverage_targets",
+    "wrapper_modules",
     "expected_trainable",
 ]
 
@@ -348,6 +350,19 @@ def identity_at_init(config: Any) -> str | None:
     if isinstance(value, str) and value in _NOT_IDENTITY_INIT:
         return f"{init_setting(config)}: {_NOT_IDENTITY_INIT[value]}"
     return None
+
+
+def coverage_targets(config: Any) -> Any:
+    """The config's target_modules as matched_targets reads them: adaption prompt names one
+    attention module, matched as a suffix (peft's adaption_prompt), not a regex."""
+    targets = getattr(config, "target_modules", None)
+    return [targets] if type(config).__name__ == "AdaptionPromptConfig" and isinstance(targets, str) else targets
+
+
+def wrapper_modules(model: Any) -> list[str]:
+    """Names of modules peft replaces whole, holding the original as ``.model`` (adaption
+    prompt's AdaptedAttention) rather than wrapping it as a tuner layer."""
+    return [n for n, m in model.named_modules() if type(m).__name__ == "AdaptedAttention"]
 
 
 def _is_linear(module: Any) -> bool:

@@ -48,6 +48,18 @@ MIXED_ADAPTER_NAMES = XfailSpec(
 CORPUS = str(ROOT / "fixtures" / "tiny_corpus.jsonl")
 
 
+def tiny_llama(**overrides: Any) -> Any:
+    """A random 2-layer Llama (vocab 128, seed 0) in eval mode, for the plain-peft reproductions."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, **overrides,
+    )).eval()  # fmt: skip
+
+
 def tiny_suite(methods: dict[str, Any], *, expect: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """A suite dict on tiny-opt and the fixture corpus, a few steps per method."""
     suite: dict[str, Any] = {

@@ -258,16 +258,14 @@ class AdapterSwitchingParams(ToleranceParams):
 NOISE_SCALE = 4.0  # times each tensor's own std: far enough apart to tell even 4-bit outputs apart
 
 
-def _second_adapter_state(peft_model: Any, seed: int) -> dict[str, Any]:
-    """The trained adapter's checkpoint state, every float tensor moved by seeded noise of
-    NOISE_SCALE times its own scale: a second, clearly different adapter of the same shapes."""
+def _second_adapter_state(peft_model: Any, seed: int, trained: set[str]) -> dict[str, Any]:
+    """The trained adapter's checkpoint state, every float tensor of ``trained`` moved by seeded
+    noise of NOISE_SCALE times its own scale (fixed tensors: projections, indices, norms stay as
+    saved): a second, clearly different adapter of the same shapes."""
     import torch
 
     from peft import get_peft_model_state_dict
 
-    from peftcheck.tolerances import expected_checkpoint
-
-    trained = set(expected_checkpoint(peft_model))  # fixed tensors (projections, indices, norms) stay as saved
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in sorted(get_peft_model_state_dict(peft_model).items()):
@@ -284,13 +282,13 @@ def _second_adapter(peft_model: Any, folder: Path, seed: int) -> dict[str, Any]:
     return its tensors: loading it is the documented way to put two adapters on one base."""
     from safetensors.torch import save_file
 
-    peft_model.save_pretrained(folder)
-    state = _second_adapter_state(peft_model, seed)
-    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state.items()}  # no shared storage
-    save_file(tensors, str(folder / adapter_ops.PEFT_CHECKPOINT), metadata={"format": "pt"})
     from peftcheck.tolerances import expected_checkpoint
 
+    peft_model.save_pretrained(folder)
     trained = set(expected_checkpoint(peft_model))
+    state = _second_adapter_state(peft_model, seed, trained)
+    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state.items()}  # no shared storage
+    save_file(tensors, str(folder / adapter_ops.PEFT_CHECKPOINT), metadata={"format": "pt"})
     return {key: value for key, value in state.items() if key in trained}  # what _not_loaded checks
 
 

@@ -49,14 +49,12 @@ class TargetCoverageParams(CheckParams):
 @register_check("target_coverage", params=TargetCoverageParams)
 def target_coverage(ctx: CheckContext, params: TargetCoverageParams) -> Measurement:
     """Every target_modules entry matched at least one module that the adapter wrapped."""
-    from peftcheck.methods import matched_targets
+    from peftcheck.methods import coverage_targets, matched_targets
 
     artifact = ctx.artifact()
-    targets = getattr(artifact.config, "target_modules", None)
+    targets = coverage_targets(artifact.config)
     if targets is None:
         raise NotApplicable(f"{type(artifact.config).__name__} has no target_modules")
-    if type(artifact.config).__name__ == "AdaptionPromptConfig":
-        targets = [targets]  # the attention module's name, matched as a suffix (peft's adaption_prompt), not a regex
     matched = matched_targets(artifact.base.model, targets)
     wrapped = _wrapped_modules(artifact.model)
     coverage = {entry: sorted(set(names) & wrapped) for entry, names in matched.items()}
@@ -79,18 +77,15 @@ def _wrapped_modules(peft_model: Any) -> set[str]:
     """Names (relative to the base model) of modules carrying an adapter layer."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from peftcheck.methods import wrapper_modules
+
     base = peft_model.get_base_model()
-    return {name for name, module in base.named_modules()
-            if isinstance(module, BaseTunerLayer) or type(module).__name__ == "AdaptedAttention"}
+    tuned = {name for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)}
+    return tuned | set(wrapper_modules(base))
 
 
 class BaseFrozenParams(CheckParams):
     pass
-
-
-def _wrappers(model: Any) -> list[str]:
-    """Modules peft wraps whole, holding the original as ``.model`` (adaption prompt's AdaptedAttention)."""
-    return [n for n, m in model.named_modules() if type(m).__name__ == "AdaptedAttention"]
 
 
 def _base_name(name: str, wrappers: list[str] = ()) -> str:
@@ -104,7 +99,7 @@ def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
     """Every base weight is bitwise unchanged after training (and none went missing)."""
     import torch
 
-    from peftcheck.methods import rewrites_base
+    from peftcheck.methods import rewrites_base, wrapper_modules
 
     artifact = ctx.artifact()
     pristine = dict(artifact.base.model.named_parameters())
@@ -114,7 +109,8 @@ def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
         rebuilt = dict(_untrained(ctx).unload().named_parameters())  # unload: the adapter off, not merged
         pristine = {n: rebuilt.get(n, p) for n, p in pristine.items()}
     base = artifact.model.get_base_model()
-    trained = {_base_name(n, _wrappers(base)): p for n, p in base.named_parameters()}
+    wrappers = wrapper_modules(base)
+    trained = {_base_name(n, wrappers): p for n, p in base.named_parameters()}
     changed, missing = [], []
     for name, original in pristine.items():
         current = trained.get(name)

@@ -176,8 +176,8 @@ def test_a_second_adapter_that_does_nothing_fails(sound: Any, monkeypatch: pytes
     pipeline, loaded = sound
     real = merging._second_adapter_state
 
-    def inert(peft_model: Any, seed: int) -> dict[str, Any]:
-        return {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in real(peft_model, seed).items()}
+    def inert(peft_model: Any, seed: int, trained: set[str]) -> dict[str, Any]:
+        return {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in real(peft_model, seed, trained).items()}
 
     monkeypatch.setattr(merging, "_second_adapter_state", inert)
     measurement = run_check(pipeline, loaded, "lora", "multi_adapter_merge")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_llama
 from peftcheck.checks.registry import XfailSpec
 
 MIXED_ADALORA = XfailSpec(
@@ -24,28 +25,18 @@ MIXED_ADALORA = XfailSpec(
 )
 
 
-def _tiny() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2,
-    )).eval()  # fmt: skip
-
-
 def _load_beside_lora(second: object, tmp_path: Path) -> object:
     from peft import AdaLoraConfig, LoraConfig, PeftMixedModel, get_peft_model
 
-    get_peft_model(_tiny(), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
-    trained = get_peft_model(_tiny(), second)
+    get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    trained = get_peft_model(tiny_llama(), second)
     if isinstance(second, AdaLoraConfig):  # one budget step, as training runs it: the ranks get a pattern
         trained.train()
         trained(input_ids=torch.tensor([[5, 17, 42, 9]]), labels=torch.tensor([[5, 17, 42, 9]])).loss.backward()
         trained.base_model.update_and_allocate(5)
         assert trained.peft_config["default"].rank_pattern  # what a trained AdaLoRA checkpoint carries
     trained.save_pretrained(tmp_path / "second")
-    model = PeftMixedModel.from_pretrained(_tiny(), tmp_path / "lora", adapter_name="lora")
+    model = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "lora", adapter_name="lora")
     model.load_adapter(str(tmp_path / "second"), adapter_name="second")
     return model
 

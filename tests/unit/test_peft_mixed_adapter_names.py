@@ -15,17 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MIXED_ADAPTER_NAMES
-
-
-def _tiny() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2,
-    )).eval()  # fmt: skip
+from helpers import MIXED_ADAPTER_NAMES, tiny_llama
 
 
 @pytest.mark.xfail(MIXED_ADAPTER_NAMES.applies(), reason=MIXED_ADAPTER_NAMES.describe(), strict=True)
@@ -34,8 +24,8 @@ def test_a_mixed_model_runs_each_row_with_its_named_adapter_or_refuses(tmp_path:
 
     for name, config in {"lora": LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
                          "loha": LoHaConfig(r=4, target_modules=["q_proj"], init_weights=False)}.items():  # fmt: skip
-        get_peft_model(_tiny(), config).save_pretrained(tmp_path / name)
-    model = PeftMixedModel.from_pretrained(_tiny(), tmp_path / "lora", adapter_name="lora")
+        get_peft_model(tiny_llama(), config).save_pretrained(tmp_path / name)
+    model = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "lora", adapter_name="lora")
     model.load_adapter(str(tmp_path / "loha"), adapter_name="loha")
     ids = torch.tensor([[5, 17, 42, 9], [5, 17, 42, 9]])
     with torch.no_grad():

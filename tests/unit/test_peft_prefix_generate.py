@@ -19,18 +19,15 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import PREFIX_GENERATE
+from helpers import PREFIX_GENERATE, tiny_llama
 
 
 def _tiny(arch: str) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+    from transformers import OPTConfig, OPTForCausalLM
 
-    torch.manual_seed(0)
     if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2,
-        )).eval()  # fmt: skip
+        return tiny_llama()
+    torch.manual_seed(0)
     return OPTForCausalLM(OPTConfig(
         vocab_size=128, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64,
     )).eval()  # fmt: skip

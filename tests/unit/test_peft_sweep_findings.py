@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import tiny_llama
 from peftcheck.checks.registry import XfailSpec
 
 _PEFT = {"peft": "==0.21.2"}
@@ -70,16 +71,6 @@ XLORA_ADAPTER_NAMES = XfailSpec(
 IDS = torch.tensor([[5, 17, 42, 9, 77, 3, 64, 21], [8, 1, 99, 12, 40, 7, 2, 115]])
 
 
-def _llama(**overrides: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, **overrides,
-    )).eval()  # fmt: skip
-
-
 def _logits(model: Any, ids: torch.Tensor = IDS) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
@@ -94,7 +85,7 @@ def _two_adapters(config: Any) -> Any:
     from peft import get_peft_model
 
     torch.manual_seed(1)
-    model = get_peft_model(_llama(), config, adapter_name="one")
+    model = get_peft_model(tiny_llama(), config, adapter_name="one")
     model.add_adapter("two", config)
     model.base_model.set_adapter(["one", "two"])
     return model
@@ -171,7 +162,7 @@ def test_two_active_osf_adapters_both_run(tmp_path: Path) -> None:
     """one adapter vs base 0.21; both active vs the first alone 0 (the second does nothing); merged vs both 0.18."""
     from peft import OSFConfig, PeftModel, get_peft_model
 
-    model = get_peft_model(_llama(), OSFConfig(target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(tiny_llama(), OSFConfig(target_modules=["q_proj", "v_proj"]))
     noise = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for param in model.parameters():
@@ -181,7 +172,7 @@ def test_two_active_osf_adapters_both_run(tmp_path: Path) -> None:
         base = _logits(model)
     one = _logits(model)
     model.save_pretrained(tmp_path)
-    both_model = PeftModel.from_pretrained(_llama(), tmp_path)
+    both_model = PeftModel.from_pretrained(tiny_llama(), tmp_path)
     both_model.load_adapter(str(tmp_path), adapter_name="second")
     both_model.base_model.set_adapter(["default", "second"])
     both = _logits(both_model)
@@ -208,10 +199,10 @@ def test_a_frozen_load_trains_nothing(method: str, tmp_path: Path) -> None:
     """Trainable after is_trainable=False: adaption prompt 257, Shadow 37,056 (10 tensors), CPT 256."""
     from peft import PeftModel, get_peft_model
 
-    model = get_peft_model(_llama(), _frozen_load_config(method)).eval()
+    model = get_peft_model(tiny_llama(), _frozen_load_config(method)).eval()
     assert any(p.requires_grad for p in model.parameters())  # the control: there is something to freeze
     model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(_llama(), tmp_path, is_trainable=False)
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=False)
     assert loaded.peft_config["default"].inference_mode
     assert _apart(_logits(loaded), _logits(model)) < 1e-5  # it loaded the adapter
     assert [(n, p.numel()) for n, p in loaded.named_parameters() if p.requires_grad] == []
@@ -221,7 +212,7 @@ def _saved_more_than_once(config: Any) -> list[list[str]]:
     """Keys of the checkpoint state dict that hold the same live tensor as another key."""
     from peft import get_peft_model, get_peft_model_state_dict
 
-    model = get_peft_model(_llama(), config)
+    model = get_peft_model(tiny_llama(), config)
     keys: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     for key, tensor in get_peft_model_state_dict(model).items():
         keys.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
@@ -245,8 +236,8 @@ def test_a_cartridge_generates_from_its_forward_pass() -> None:
     """cartridge forward vs base 0.48; first generated step vs that forward 0.48, vs the base's 1.5e-07."""
     from peft import CartridgeConfig, get_peft_model
 
-    base = _llama()
-    model = get_peft_model(_llama(), CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    base = tiny_llama()
+    model = get_peft_model(tiny_llama(), CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:  # a trained cartridge: far from its init
@@ -270,13 +261,13 @@ def _xlora_forward(names: tuple[str, str], tmp_path: Path) -> float:
     experts = {}
     for i, name in enumerate(names):
         torch.manual_seed(10 + i)
-        lora = get_peft_model(_llama(use_cache=False), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+        lora = get_peft_model(tiny_llama(use_cache=False), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                                   init_lora_weights=False))  # fmt: skip
         lora.save_pretrained(tmp_path / name)
         experts[name] = str(tmp_path / name)
-    base = _llama(use_cache=False)
+    base = tiny_llama(use_cache=False)
     config = XLoraConfig(task_type="CAUSAL_LM", hidden_size=64, adapters=experts)
-    model = get_peft_model(_llama(use_cache=False), config)
+    model = get_peft_model(tiny_llama(use_cache=False), config)
     return _apart(_logits(model), _logits(base))
 
 
