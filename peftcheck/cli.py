@@ -34,7 +34,7 @@ def _suite_files(paths: Sequence[str]) -> list[Path]:
 def deep_validate(path: Path) -> list[str]:
     """Load a suite and resolve everything short of training; returns the problems found."""
     from peftcheck import data, methods, models
-    from peftcheck.spec import load_suite
+    from peftcheck.loader import load_suite
 
     loaded = load_suite(path)
     spec, problems = loaded.spec, []
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from peftcheck.spec import load_suite
+    from peftcheck.loader import load_suite
 
     for path in _suite_files(args.paths):
         loaded = load_suite(path)

@@ -16,7 +16,7 @@ from peftcheck.errors import MissingExtraError, ResolveError
 
 __all__ = [
     "BuiltinModel", "BUILTIN_MODELS", "cache_dir", "transformers_layout", "materialise", "smollm2_gguf", "tokenizer_folder",
-    "atomic_build",
+    "atomic_build", "dtype_kwarg",
 ]  # fmt: skip
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +59,16 @@ def smollm2_gguf() -> Path:
     return path
 
 
+# here, not in models.py: models imports this module, and the SmolLM2 conversion needs it (issue 13)
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """``dtype=`` for from_pretrained/from_config; transformers before 4.56 calls it torch_dtype."""
+    import transformers
+    from packaging.version import Version
+
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
 def _build_smollm2(folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,8 +76,6 @@ def _build_smollm2(folder: Path) -> None:
     gguf = smollm2_gguf()
     print(f"peftcheck: converting {gguf.name} to safetensors (once) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    from peftcheck.models import dtype_kwarg
-
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kwarg(torch.float32))
     # GGUF weights are dequantized on load; drop the quantizer so the float model can be saved.
     model.hf_quantizer = None

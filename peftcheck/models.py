@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftcheck.errors import MissingExtraError, PeftcheckError, ResolveError
-from peftcheck.fixtures import BUILTIN_MODELS, materialise, smollm2_gguf
+from peftcheck.fixtures import BUILTIN_MODELS, dtype_kwarg, materialise, smollm2_gguf
 
 __all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available",
            "dtype_kwarg", "skeleton"]
@@ -120,15 +120,6 @@ def skeleton(ref: str, *, base_dir: Path | None = None, trust_remote_code: bool 
             return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
     return build, ""
-
-
-def dtype_kwarg(dtype: Any) -> dict[str, Any]:
-    """``dtype=`` for from_pretrained/from_config; transformers before 4.56 calls it torch_dtype."""
-    import transformers
-    from packaging.version import Version
-
-    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {name: dtype}
 
 
 def pick_device(requested: str) -> str:

@@ -9,7 +9,8 @@ import pytest
 
 from peftcheck.checks.registry import Measurement, NotApplicable, get_check, parse_params
 from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
-from peftcheck.spec import LoadedSuite, load_suite
+from peftcheck.spec import LoadedSuite
+from peftcheck.loader import load_suite
 
 __all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite", "output_path"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -18,8 +17,7 @@ __all__ = [
     "MethodSpec",
     "SuiteSpec",
     "LoadedSuite",
-    "load_suite",
-    "load_suite_text",
+    "parse_suite_text",
     "json_schema",
 ]
 
@@ -105,8 +103,9 @@ class MethodSpec(BaseModel):
     peft: str | None = Field(
         None, description="peft config class name, e.g. LoraConfig (backend peft)."
     )
-    backend: Literal["peft", "adapters"] = Field(
-        "peft", description="Which library builds the adapter."
+    backend: str = Field(
+        "peft", description="Which library builds the adapter: a backend registered in peftcheck.methods "
+        "(peft, adapters)."
     )
     config: str | None = Field(
         None, description="Adapter config name for backend 'adapters' (e.g. seq_bn, double_seq_bn)."
@@ -127,6 +126,15 @@ class MethodSpec(BaseModel):
         description="Methods this one is a comparison row for: where every one of them skips "
         "(an optional backend not installed), this method skips too instead of training for nobody.",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from peftcheck.methods import registered_backends  # the registry only: no adapter library
+
+        if value not in registered_backends():
+            raise ValueError(f"got {value!r}, not a backend; registered: {', '.join(registered_backends())}")
+        return value
 
     @model_validator(mode="after")
     def _backend_fields(self) -> "MethodSpec":
@@ -275,8 +283,9 @@ def _hint_for(loc: tuple[str | int, ...], message: str) -> str | None:
     return None
 
 
-def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
-    """Parse and validate a suite from YAML text; every failure is a located SuiteError."""
+def parse_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
+    """Parse a suite from YAML text and validate its structure (the checks it names are validated
+    by peftcheck.loader, which knows the check registry); every failure is a located SuiteError."""
     try:
         _check_aliases(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -314,9 +323,6 @@ def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
         ) from None
     loaded = LoadedSuite(spec=spec, path=path, lines=lines)
     _check_references(loaded)
-    from peftcheck.checks import validate_expectations  # checks import no torch
-
-    validate_expectations(loaded)
     return loaded
 
 
@@ -330,16 +336,6 @@ def _check_references(loaded: LoadedSuite) -> None:
                 file=loaded.path, line=loaded.line_of("methods", name, "reference_for"),
                 field=f"methods.{name}.reference_for",
             )  # fmt: skip
-
-
-def load_suite(path: str | Path) -> LoadedSuite:
-    """Read one suite file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SuiteError(f"cannot read suite: {exc.strerror}", file=str(path)) from None
-    return load_suite_text(text, path=str(path))
 
 
 def json_schema() -> dict[str, Any]:

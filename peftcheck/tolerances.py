@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "expected_checkpoint"]
+__all__ = ["Tolerance", "TOLERANCES", "tolerance_for"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,97 +122,3 @@ def tolerance_for(*, dtype: str, quantization: str, peft_type: str) -> Tolerance
             found = TOLERANCES[candidate]
             return dataclasses.replace(found, source=f"table[{candidate[0]}, {candidate[1]}]")
     raise KeyError(f"no tolerance for {key!r}; the table has {sorted({k for k, _ in TOLERANCES})}")
-
-
-# peft keeps DoRA's magnitude as a module (``lora_magnitude_vector.<adapter>.weight``) but saves it
-# under the name it had as a ParameterDict, ``lora_magnitude_vector`` (peft/tuners/lora/model.py)
-DORA_LIVE_SUFFIX = "lora_magnitude_vector.weight"
-
-
-def peft_state(peft_model: Any, adapter: str | None = None) -> dict[str, Any]:
-    """What peft's ``get_peft_model_state_dict`` saves for ``adapter``, read from the live
-    parameters and buffers (every alias of a shared tensor) instead of ``state_dict()``, which
-    rewrites 4-bit weights bitsandbytes repacked for the CPU in place (adapter_ops.save)."""
-    from peft import get_peft_model_state_dict
-
-    live = dict(peft_model.named_parameters(remove_duplicate=False))
-    live.update(peft_model.named_buffers(remove_duplicate=False))
-    return get_peft_model_state_dict(peft_model, state_dict=live, adapter_name=adapter or peft_model.active_adapter)
-
-
-def expected_checkpoint(peft_model: Any, adapter: str | None = None, *, trainable_only: bool = True) -> dict[str, Any]:
-    """What an adapter-only checkpoint of ``adapter`` must hold, derived from the live model:
-    checkpoint key -> {"shape", "tensor" (live value, or None when only the shape is fixed),
-    "from" (the live parameter(s) it stands for)}. ``trainable_only=False`` also covers an
-    adapter loaded for inference (its tensors do not require grad).
-
-    - prompt learning saves one table, ``prompt_embeddings``: the virtual tokens the encoder
-      produces (the encoder's own MLP/LSTM weights are not saved, by peft's design);
-    - budget-allocated ranks (a config ``rank_pattern`` of masks, AdaLoRA) are saved pruned
-      to the ranks kept: the rank dimension shrinks to the number of kept ranks;
-    - every other trainable tensor is saved under its name without the adapter name (DoRA's
-      magnitude also without its ``.weight``);
-    - AdapterHub adapters (backend ``adapters``) save every trainable tensor under its own name."""
-    import torch
-
-    from peftcheck.methods import is_prompt_learning
-
-    if getattr(peft_model, "peftcheck_backend", None) == "adapters":
-        return {
-            name: {"shape": tuple(p.shape), "tensor": p.detach().cpu(), "from": [name]}
-            for name, p in peft_model.named_parameters() if p.requires_grad or not trainable_only
-        }  # fmt: skip
-    adapter = adapter or peft_model.active_adapter
-    config = peft_model.peft_config[adapter]
-    if is_prompt_learning(config):
-        with torch.no_grad():
-            if config.inference_mode:  # a loaded prompt adapter is its table, with no encoder network
-                table = peft_model.prompt_encoder[adapter].embedding.weight.detach().cpu()
-            else:
-                table = peft_model.get_prompt_embedding_to_save(adapter_name=adapter).detach().cpu()
-        sources = [
-            n for n, p in peft_model.named_parameters()
-            if f".{adapter}." in n and (p.requires_grad or not trainable_only)
-        ]  # fmt: skip
-        return {"prompt_embeddings": {"shape": tuple(table.shape), "tensor": table, "from": sources}}
-    pattern = getattr(config, "rank_pattern", None) or {}
-    expected: dict[str, Any] = {}
-    # the key peft saves a live tensor under, found by storage: a tensor shared by every layer (VB-LoRA's
-    # vector bank, UniLoRA's theta_d, TinyLoRA's v) is saved once under the tuner's name, ShadowPEFT keeps
-    # the adapter name in its keys
-    saved_as: dict[tuple[int, tuple[int, ...]], str] = {}
-    for saved_key, value in peft_state(peft_model, adapter).items():
-        if value.numel():
-            saved_as.setdefault((value.data_ptr(), tuple(value.shape)), saved_key)
-    for name, param in peft_model.named_parameters():
-        parts = name.split(".")
-        if adapter not in parts or not (param.requires_grad or not trainable_only):
-            continue
-        key = saved_as.get((param.data_ptr(), tuple(param.shape))) or ".".join(
-            p for p in parts if p != adapter
-        ).replace("modules_to_save.", "")
-        if key.endswith(DORA_LIVE_SUFFIX):  # DoRA's magnitude saves without ".weight" (issue 13)
-            key = key.removesuffix(".weight")
-        shape, tensor = tuple(param.shape), param.detach().cpu()
-        mask = _rank_mask(pattern, key, adapter)
-        if mask is not None and len(mask) in shape:
-            kept = int(sum(bool(m) for m in mask))
-            shape = tuple(kept if size == len(mask) else size for size in shape)
-            tensor = None  # values are checked through the reload, not bitwise
-        expected[key] = {"shape": shape, "tensor": tensor, "from": [name]}
-    return expected
-
-
-def _rank_mask(pattern: dict[str, Any], key: str, adapter: str) -> list[Any] | None:
-    """The kept-rank mask recorded for the module holding checkpoint ``key``, if any.
-
-    AdaLoRA records masks under the name of a module's singular-value vector, e.g.
-    ``model.layers.0.self_attn.q_proj.lora_E.default``: the module is that name without the
-    adapter and the parameter."""
-    for name, mask in pattern.items():
-        if not isinstance(mask, (list, tuple)):
-            continue  # LoRA's rank_pattern maps modules to plain ranks: live shapes already follow
-        module = ".".join(p for p in name.split(".") if p != adapter).rsplit(".", 1)[0]
-        if f".{module}." in f".{key}":
-            return list(mask)
-    return None

@@ -12,7 +12,8 @@ import yaml
 from peftcheck.cache import Pipeline
 from peftcheck.checks.registry import Measurement, XfailSpec, get_check, parse_params
 from peftcheck.context import CheckContext
-from peftcheck.spec import LoadedSuite, load_suite_text
+from peftcheck.spec import LoadedSuite
+from peftcheck.loader import load_suite_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

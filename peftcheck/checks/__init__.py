@@ -1,4 +1,7 @@
-"""Checks: named functions over a trained method that return a Measurement."""
+"""Checks: named functions over a trained method that return a Measurement.
+
+The package registers the built-in checks as it loads (``builtin``), so whoever imports the
+registry finds them; the registry itself imports no check (issue 13)."""
 
 from peftcheck.checks.registry import (
     CHECKS,
@@ -25,3 +28,5 @@ __all__ = [
     "split_params",
     "validate_expectations",
 ]
+
+from peftcheck.checks import builtin  # noqa: E402,F401  (each module registers its checks on import)

@@ -1,42 +1,32 @@
-"""What the adapter-contract checks do to a trained model (disable, save, load) for each
-backend: peft, and AdapterHub's ``adapters`` (``peftcheck.backends.adapters``)."""
+"""What the adapter-contract checks do to a trained model (disable, save, load), through its
+backend (``peftcheck.methods``): checks never call an adapter library themselves (issue 13)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from peftcheck import methods
 from peftcheck.checks.registry import NotApplicable
 
-__all__ = ["is_peft", "require_peft", "disabled", "save", "load", "PEFT_CHECKPOINT"]
+if TYPE_CHECKING:
+    from peftcheck.context import CheckContext
 
-PEFT_CHECKPOINT = "adapter_model.safetensors"
-
-
-def _adapters_backend(model: Any) -> Any:
-    if getattr(model, "peftcheck_backend", None) == "adapters":
-        from peftcheck.backends import adapters
-
-        return adapters
-    return None
+__all__ = ["require", "disabled", "save", "load", "untrained"]
 
 
-def is_peft(model: Any) -> bool:
-    return _adapters_backend(model) is None
-
-
-def require_peft(model: Any, what: str) -> None:
-    """NotApplicable unless ``model`` is a peft model: some contracts only peft offers."""
-    if not is_peft(model):
-        raise NotApplicable(f"{what} is peft's API; the AdapterHub adapters backend is not driven here")
+def require(model: Any, what: str) -> None:
+    """NotApplicable unless ``model``'s backend offers ``what`` (some contracts only peft offers)."""
+    reason = methods.offers(model, what)
+    if reason is not None:
+        raise NotApplicable(reason)
 
 
 def disabled(model: Any) -> contextlib.AbstractContextManager[Any]:
     """The base computation inside, the trained adapter active again after."""
-    backend = _adapters_backend(model)
-    return backend.disabled(model) if backend is not None else model.disable_adapter()
+    return methods.disabled(model)
 
 
 def save(model: Any, folder: Path) -> Path:
@@ -44,20 +34,25 @@ def save(model: Any, folder: Path) -> Path:
 
     Saves from a copy: a save must not change the model other checks read, and bitsandbytes
     0.50.2's ``Linear4bit.state_dict()`` rewrites weights it had repacked for the CPU in place."""
-    model = copy.deepcopy(model)
-    backend = _adapters_backend(model)
-    if backend is not None:
-        return Path(backend.save(model, folder))
-    model.save_pretrained(folder)
-    return Path(folder) / PEFT_CHECKPOINT
+    return Path(methods.save(copy.deepcopy(model), folder))
 
 
-def load(like: Any, base_model: Any, folder: Path) -> Any:
+def load(like: Any, base_model: Any, folder: Path, **kwargs: Any) -> Any:
     """``base_model`` (a fresh copy, modified) with the adapter saved in ``folder``, the way
     ``like``'s backend loads it."""
-    backend = _adapters_backend(like)
-    if backend is not None:
-        return backend.load(base_model, folder)
-    from peft import PeftModel
+    return methods.load(like, base_model, folder, **kwargs)
 
-    return PeftModel.from_pretrained(base_model, folder)
+
+def untrained(ctx: CheckContext, *, adapter_name: str = "default") -> Any:
+    """The method before its first step, rebuilt the way ``Pipeline._train`` builds it (a fresh
+    config, the same seed, a deep copy of the same base): deterministic."""
+    from transformers import set_seed
+
+    artifact = ctx.artifact()
+    args = ctx.suite.spec.train_args(ctx.method)
+    config = methods.build_config(artifact.spec, name=ctx.method, max_steps=int(args["max_steps"]))
+    set_seed(int(args["seed"]))
+    return methods.apply_method(
+        copy.deepcopy(artifact.base.training_source), config,
+        quantization=artifact.spec.quantization, name=ctx.method, adapter_name=adapter_name,
+    )  # fmt: skip

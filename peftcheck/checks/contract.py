@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from peftcheck import methods
 from peftcheck.checks import adapter_ops
 from peftcheck.checks.outputs import (
     Diff,
@@ -64,23 +65,6 @@ def _unequal(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     return sorted((set(ours) ^ set(theirs)) | {n for n in both if not torch.equal(ours[n], theirs[n])})
 
 
-def _untrained(ctx: CheckContext, *, adapter_name: str = "default") -> Any:
-    """The method before its first step, rebuilt the way ``Pipeline._train`` builds it (a fresh
-    config, the same seed, a deep copy of the same base): deterministic."""
-    from transformers import set_seed
-
-    from peftcheck import methods
-
-    artifact = ctx.artifact()
-    args = ctx.suite.spec.train_args(ctx.method)
-    config = methods.build_config(artifact.spec, name=ctx.method, max_steps=int(args["max_steps"]))
-    set_seed(int(args["seed"]))
-    return methods.apply_method(
-        copy.deepcopy(artifact.base.training_source), config,
-        quantization=artifact.spec.quantization, name=ctx.method, adapter_name=adapter_name,
-    )  # fmt: skip
-
-
 def _renamed(name: str, adapter: str) -> str:
     """A parameter name with its adapter-name segment ``adapter`` put back to ``default``."""
     return ".".join("default" if part == adapter else part for part in name.split("."))
@@ -89,7 +73,7 @@ def _renamed(name: str, adapter: str) -> str:
 def _reload_expectation(artifact: Any) -> int:
     """Trainable parameters a reload with ``is_trainable=True`` should have: the trained count,
     less what a rank budget pruned from the checkpoint (AdaLoRA saves only the kept ranks)."""
-    from peftcheck.tolerances import expected_checkpoint
+    from peftcheck.methods import expected_checkpoint
 
     live = dict(artifact.model.named_parameters())
     count = int(artifact.record["trainable_params"])
@@ -100,9 +84,7 @@ def _reload_expectation(artifact: Any) -> int:
 
 
 def _load(artifact: Any, folder: str, **kwargs: Any) -> Any:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(copy.deepcopy(artifact.base.model), folder, **kwargs)
+    return adapter_ops.load(artifact.model, copy.deepcopy(artifact.base.model), Path(folder), **kwargs)
 
 
 @register_check("init_identity", params=ToleranceParams)
@@ -111,14 +93,12 @@ def init_identity(ctx: CheckContext, params: ToleranceParams) -> Measurement:
 
     The untrained adapter is rebuilt as training built it (and must be bitwise the one training
     started from); the trained adapter must then differ from the base."""
-    from peftcheck import methods
-
     artifact = ctx.artifact()
     reason = methods.identity_at_init(artifact.config)
     if reason is not None:
         raise NotApplicable(reason)
     tol = params.tolerance(ctx)
-    untrained = _untrained(ctx)
+    untrained = adapter_ops.untrained(ctx)
     rebuilt = {n: p.detach().cpu() for n, p in _trainable(untrained).items()}
     identity = compare(base_logits(ctx), real_logits(untrained, ctx.probe()))
     del untrained
@@ -148,7 +128,7 @@ def inference_load(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     from peftcheck.methods import can_resume, parameter_counts
 
     artifact = ctx.artifact()
-    adapter_ops.require_peft(artifact.model, "PeftModel.from_pretrained(is_trainable=...)")
+    adapter_ops.require(artifact.model, "PeftModel.from_pretrained(is_trainable=...)")
     tol = params.tolerance(ctx)
     reference, batch = adapter_logits(ctx), ctx.probe()
     trained_names = set(_trainable(artifact.model))
@@ -157,13 +137,13 @@ def inference_load(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     count, names = None, set()
     with tempfile.TemporaryDirectory(prefix="peftcheck-inference-") as tmp:
         adapter_ops.save(artifact.model, Path(tmp))
-        frozen = _load(artifact, tmp, is_trainable=False)
+        frozen = _load(artifact, tmp, trainable=False)
         frozen_names = sorted(_trainable(frozen))
         frozen_count = parameter_counts(frozen)[0]
         diffs = {"is_trainable=False vs adapter": compare(reference, real_logits(frozen, batch))}
         del frozen
         if no_resume is None:
-            trainable = _load(artifact, tmp, is_trainable=True)
+            trainable = _load(artifact, tmp, trainable=True)
             names, count = set(_trainable(trainable)), parameter_counts(trainable)[0]
             diffs["is_trainable=True vs adapter"] = compare(reference, real_logits(trainable, batch))
             del trainable
@@ -220,7 +200,7 @@ def merged_save_load(ctx: CheckContext, params: ToleranceParams) -> Measurement:
         )
     tol = params.tolerance(ctx)
     reference, batch = adapter_logits(ctx), ctx.probe()
-    merged = copy.deepcopy(artifact.model).merge_and_unload()
+    merged = methods.merged_copy(artifact.model)
     in_memory = real_logits(merged, batch)
     with tempfile.TemporaryDirectory(prefix="peftcheck-merged-") as tmp:
         merged.save_pretrained(tmp)
@@ -277,7 +257,7 @@ def safe_merge(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     if not names:
         raise NotApplicable("no adapter tensor of a tuner layer to plant a NaN in")
     tol, batch = params.tolerance(ctx), ctx.probe()
-    normal = copy.deepcopy(artifact.model).merge_and_unload()
+    normal = methods.merged_copy(artifact.model)
     normal_out = real_logits(normal, batch)
     safe = copy.deepcopy(artifact.model).merge_and_unload(safe_merge=True)
     diff = compare(normal_out, real_logits(safe, batch))
@@ -336,9 +316,9 @@ def adapter_name_invariance(ctx: CheckContext, params: AdapterNameParams) -> Mea
     from peftcheck.methods import can_resume, parameter_counts
 
     artifact = ctx.artifact()
-    adapter_ops.require_peft(artifact.model, "adapter_name")
+    adapter_ops.require(artifact.model, "adapter_name")
     name, tol, batch = params.adapter_name, params.tolerance(ctx), ctx.probe()
-    default, other = _untrained(ctx), _untrained(ctx, adapter_name=name)
+    default, other = adapter_ops.untrained(ctx), adapter_ops.untrained(ctx, adapter_name=name)
     counts = {"default": parameter_counts(default)[0], name: parameter_counts(other)[0]}
     ours = {n: p.detach().cpu() for n, p in _trainable(default).items()}
     theirs = {_renamed(n, name): p.detach().cpu() for n, p in _trainable(other).items()}
@@ -349,7 +329,7 @@ def adapter_name_invariance(ctx: CheckContext, params: AdapterNameParams) -> Mea
     expected = _reload_expectation(artifact) if resumable else None  # frozen counts: inference_load
     with tempfile.TemporaryDirectory(prefix="peftcheck-renamed-") as tmp:
         adapter_ops.save(artifact.model, Path(tmp))
-        loaded = _load(artifact, tmp, adapter_name=name, is_trainable=resumable)
+        loaded = _load(artifact, tmp, adapter_name=name, trainable=resumable)
         loaded_count = parameter_counts(loaded)[0]
         diffs["trained, loaded renamed vs adapter"] = compare(adapter_logits(ctx), real_logits(loaded, batch))
         del loaded

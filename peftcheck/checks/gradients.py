@@ -66,7 +66,7 @@ def gradient_checkpointing(ctx: CheckContext, params: GradientCheckpointingParam
     from peftcheck.resources.calls import train_batch
 
     artifact = ctx.artifact()
-    adapter_ops.require_peft(artifact.model, "gradient_checkpointing_enable on a PeftModel")
+    adapter_ops.require(artifact.model, "gradient_checkpointing_enable on a PeftModel")
     reason = supports_gradient_checkpointing(artifact.config)
     if reason is not None:
         raise NotApplicable(reason)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from peftcheck import methods
 from peftcheck.checks import adapter_ops
 from peftcheck.checks.outputs import (
     Diff,
@@ -85,13 +86,11 @@ def require_original_base(ctx: CheckContext) -> None:
 def _merged_into_dequantized(ctx: CheckContext) -> Any:
     """Logits of the adapter, saved and loaded onto a float (dequantized) copy of the 4/8-bit
     base, merged there: the usual way to ship a QLoRA model."""
-    from peft import PeftModel
-
     artifact = ctx.artifact()
     with tempfile.TemporaryDirectory(prefix="peftcheck-dequantized-") as tmp:
         adapter_ops.save(artifact.model, Path(tmp))
         float_base = copy.deepcopy(artifact.base.model).dequantize()
-        merged = PeftModel.from_pretrained(float_base, tmp).merge_and_unload()
+        merged = adapter_ops.load(artifact.model, float_base, Path(tmp)).merge_and_unload()
     return real_logits(merged, ctx.probe())
 
 
@@ -106,7 +105,7 @@ def merge_equivalence(ctx: CheckContext, params: ToleranceParams) -> Measurement
     model.merge_adapter()
     diffs = {"merge_adapter": compare(reference, real_logits(model, batch))}
     del model
-    merged = copy.deepcopy(artifact.model).merge_and_unload()
+    merged = methods.merged_copy(artifact.model)
     merged_logits = real_logits(merged, batch)
     del merged
     diffs["merge_and_unload"] = compare(reference, merged_logits)
@@ -145,9 +144,7 @@ def unmerge_restores(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     reference, batch = adapter_logits(ctx), ctx.probe()
     pristine = artifact.base.model
     if rewrites_base(artifact.config):  # unmerge restores the residual the init wrote, rebuilt here
-        from peftcheck.checks.contract import _untrained
-
-        pristine = _untrained(ctx).unload()  # unload: the adapter off, not merged
+        pristine = adapter_ops.untrained(ctx).unload()  # unload: the adapter off, not merged
 
     model = copy.deepcopy(artifact.model)
     model.merge_adapter()
@@ -264,11 +261,9 @@ def _second_adapter_state(peft_model: Any, seed: int, trained: set[str]) -> dict
     saved): a second, clearly different adapter of the same shapes."""
     import torch
 
-    from peft import get_peft_model_state_dict
-
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for key, value in sorted(get_peft_model_state_dict(peft_model).items()):
+    for key, value in sorted(methods.saved_state(peft_model).items()):
         if key in trained and value.is_floating_point() and value.numel() > 0:
             scale = float(value.float().std()) if value.numel() > 1 else float(value.abs().max())
             noise = torch.randn(value.shape, generator=generator) * NOISE_SCALE * max(scale, 1e-2)
@@ -282,13 +277,11 @@ def _second_adapter(peft_model: Any, folder: Path, seed: int) -> dict[str, Any]:
     return its tensors: loading it is the documented way to put two adapters on one base."""
     from safetensors.torch import save_file
 
-    from peftcheck.tolerances import expected_checkpoint
-
-    peft_model.save_pretrained(folder)
-    trained = set(expected_checkpoint(peft_model))
+    weights = methods.save(peft_model, folder)
+    trained = set(methods.expected_checkpoint(peft_model))
     state = _second_adapter_state(peft_model, seed, trained)
     tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state.items()}  # no shared storage
-    save_file(tensors, str(folder / adapter_ops.PEFT_CHECKPOINT), metadata={"format": "pt"})
+    save_file(tensors, str(weights), metadata={"format": "pt"})
     return {key: value for key, value in state.items() if key in trained}  # what _not_loaded checks
 
 
@@ -320,17 +313,16 @@ def adapter_switching(ctx: CheckContext, params: AdapterSwitchingParams) -> Meas
     A batch whose rows name different adapters must match the separate runs, or peft must
     refuse it; silently running the active adapter on every row fails."""
     import torch
-    from peft import PeftModel
 
     artifact = ctx.artifact()
-    adapter_ops.require_peft(artifact.model, "set_adapter")
+    adapter_ops.require(artifact.model, "set_adapter")
     tol = params.tolerance(ctx)
     reference, batch = adapter_logits(ctx), ctx.probe()
     first = artifact.model.active_adapter
     with tempfile.TemporaryDirectory(prefix="peftcheck-second-") as tmp:
         # from a copy: saving rewrites 4-bit weights in place on some CPUs (adapter_ops.save)
         state = _second_adapter(copy.deepcopy(artifact.model), Path(tmp), params.seed)
-        solo_model = PeftModel.from_pretrained(copy.deepcopy(artifact.base.model), tmp)
+        solo_model = adapter_ops.load(artifact.model, copy.deepcopy(artifact.base.model), Path(tmp))
         not_loaded = _not_loaded(solo_model, state, solo_model.active_adapter)
         solo = real_logits(solo_model, batch)
         del solo_model
@@ -382,7 +374,7 @@ def _not_loaded(model: Any, state: dict[str, Any], adapter: str) -> list[str]:
     loads by another path, such as prompt tables, as unexpected, so it is not enough)."""
     import torch
 
-    from peftcheck.tolerances import expected_checkpoint
+    from peftcheck.methods import expected_checkpoint
 
     live = expected_checkpoint(model, adapter, trainable_only=False)
     return [

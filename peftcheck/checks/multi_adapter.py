@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
+from peftcheck import methods
 from peftcheck.checks import adapter_ops
 from peftcheck.checks.merging import _not_loaded, _second_adapter, require_float_merge, require_original_base
 from peftcheck.checks.outputs import (
@@ -45,8 +46,6 @@ class MultiAdapterParams(ToleranceParams):
 def _with_second(ctx: CheckContext, seed: int) -> tuple[Any, Any, list[str]]:
     """A copy of the trained model with a second, clearly different adapter loaded beside it
     (the trained one perturbed), the second's own output, and tensors that did not load."""
-    from peft import PeftModel
-
     artifact = ctx.artifact()
     with tempfile.TemporaryDirectory(prefix="peftcheck-multi-") as tmp:
         state = _second_adapter(copy.deepcopy(artifact.model), Path(tmp), seed)
@@ -55,7 +54,7 @@ def _with_second(ctx: CheckContext, seed: int) -> tuple[Any, Any, list[str]]:
             model.load_adapter(tmp, adapter_name=SECOND)
         except ValueError as exc:  # e.g. trainable tokens: "Only disjunct token indices are currently supported"
             raise NotApplicable(f"peft refuses a second adapter of this kind here (ValueError: {exc})"[:300]) from None
-        solo_model = PeftModel.from_pretrained(copy.deepcopy(artifact.base.model), tmp)
+        solo_model = adapter_ops.load(artifact.model, copy.deepcopy(artifact.base.model), Path(tmp))
         solo = real_logits(solo_model, ctx.probe())
         del solo_model
     return model, solo, _not_loaded(model, state, SECOND)
@@ -84,7 +83,7 @@ def multi_adapter_merge(ctx: CheckContext, params: MultiAdapterParams) -> Measur
     from peftcheck.methods import supports_weighted_cat
 
     artifact = ctx.artifact()
-    adapter_ops.require_peft(artifact.model, "several active adapters")
+    adapter_ops.require(artifact.model, "several active adapters")
     require_float_merge(ctx, "merging several adapters")
     require_original_base(ctx)
     tol, batch, first = params.tolerance(ctx), ctx.probe(), artifact.model.active_adapter
@@ -163,12 +162,10 @@ def _adapter_tensors(model: Any, adapter: str) -> dict[str, int]:
 def _alone(artifacts: dict[str, Any], folder: Path) -> dict[str, dict[str, int]]:
     """Save every adapter into ``folder``/<method>; the tensors each has loaded alone on a fresh
     base (a loaded prompt adapter is its table, without the encoder that trained it)."""
-    from peft import PeftModel
-
     tensors = {}
     for name, artifact in artifacts.items():
         adapter_ops.save(artifact.model, folder / name)
-        alone = PeftModel.from_pretrained(copy.deepcopy(artifact.base.model), folder / name)
+        alone = adapter_ops.load(artifact.model, copy.deepcopy(artifact.base.model), folder / name)
         tensors[name] = _adapter_tensors(alone, alone.active_adapter)
         del alone
     return tensors
@@ -176,17 +173,10 @@ def _alone(artifacts: dict[str, Any], folder: Path) -> dict[str, dict[str, int]]
 
 def _one_base(artifacts: dict[str, Any], folder: Path) -> Any:
     """Every adapter saved in ``folder`` loaded on one fresh copy of their base under its
-    method's name: a PeftModel when they share a peft type, else peft's PeftMixedModel."""
-    from peft import PeftMixedModel, PeftModel
-
-    first, *rest = artifacts
-    base = copy.deepcopy(artifacts[first].base.model)
-    kinds = {type(a.config).__name__ for a in artifacts.values()}
-    loader = PeftModel if len(kinds) == 1 else PeftMixedModel
-    model = loader.from_pretrained(base, folder / first, adapter_name=first)
-    for name in rest:
-        model.load_adapter(str(folder / name), adapter_name=name)
-    return model
+    method's name (peft: a PeftModel when they share a peft type, else PeftMixedModel)."""
+    first = next(iter(artifacts.values()))
+    base = copy.deepcopy(first.base.model)
+    return methods.load_together(first.model, base, {name: folder / name for name in artifacts})
 
 
 @register_check("co_resident", params=CoResidentParams)
@@ -205,7 +195,7 @@ def co_resident(ctx: CheckContext, params: CoResidentParams) -> Measurement:
         raise NotApplicable(f"adapters {params.adapters} repeat a method: each loads once, under its own name")
     artifacts = {name: ctx.artifact() if name == ctx.method else ctx.other(name) for name in names}
     for name, artifact in artifacts.items():
-        adapter_ops.require_peft(artifact.model, f"loading {name} beside other adapters")
+        adapter_ops.require(artifact.model, f"loading {name} beside other adapters")
     bases = {name: a.base.quantization for name, a in artifacts.items()}
     if len(set(bases.values())) > 1:
         raise NotApplicable(f"the methods train on different bases ({bases}): they cannot share one")

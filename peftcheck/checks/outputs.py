@@ -10,6 +10,7 @@ from pydantic import Field
 
 from peftcheck.checks.registry import CheckParams
 from peftcheck.context import CheckContext
+from peftcheck.resources.footprint import float_weight
 from peftcheck.tolerances import Tolerance, tolerance_for
 
 __all__ = [
@@ -124,23 +125,6 @@ def compare(reference: Any, other: Any) -> Diff:
     )
 
 
-def _dequantized(module: Any, param: Any) -> Any:
-    """A parameter as a float32 CPU tensor; bitsandbytes 4-bit and 8-bit weights dequantized."""
-    kind = type(param).__name__
-    if kind == "Params4bit":
-        import bitsandbytes as bnb
-
-        return bnb.functional.dequantize_4bit(param.data, param.quant_state).float().cpu()
-    if kind == "Int8Params":
-        import bitsandbytes as bnb
-
-        scb = getattr(param, "SCB", None)
-        if scb is None:
-            scb = getattr(getattr(module, "state", None), "SCB", None)
-        return bnb.functional.int8_vectorwise_dequant(param.data, scb).float().cpu()
-    return param.detach().float().cpu()
-
-
 def _base_params(model: Any) -> dict[str, tuple[Any, Any]]:
     """Base parameter name -> (owning module, parameter), for a plain model or a PeftModel's
     base with its adapter wrappers' ``base_layer`` names folded back (no copies)."""
@@ -166,8 +150,8 @@ def weight_diff(reference: Any, other: Any) -> tuple[float, str | None, list[str
         if name not in theirs:
             missing.append(name)
             continue
-        original = _dequantized(module, param)
-        current = _dequantized(*theirs[name])
+        original = float_weight(module, param)
+        current = float_weight(*theirs[name])
         if current.shape != original.shape:
             missing.append(name)
             continue

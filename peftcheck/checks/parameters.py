@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
+from peftcheck.checks import adapter_ops
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
 
@@ -75,13 +76,10 @@ def target_coverage(ctx: CheckContext, params: TargetCoverageParams) -> Measurem
 
 def _wrapped_modules(peft_model: Any) -> set[str]:
     """Names (relative to the base model) of modules carrying an adapter layer."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from peftcheck.methods import wrapper_modules
+    from peftcheck.methods import tuner_layers, wrapper_modules
 
     base = peft_model.get_base_model()
-    tuned = {name for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)}
-    return tuned | set(wrapper_modules(base))
+    return set(tuner_layers(base)) | set(wrapper_modules(base))
 
 
 class BaseFrozenParams(CheckParams):
@@ -104,9 +102,7 @@ def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
     artifact = ctx.artifact()
     pristine = dict(artifact.base.model.named_parameters())
     if rewrites_base(artifact.config):  # the base training froze is the residual the init wrote: rebuild it
-        from peftcheck.checks.contract import _untrained
-
-        rebuilt = dict(_untrained(ctx).unload().named_parameters())  # unload: the adapter off, not merged
+        rebuilt = dict(adapter_ops.untrained(ctx).unload().named_parameters())  # unload: the adapter off, not merged
         pristine = {n: rebuilt.get(n, p) for n, p in pristine.items()}
     base = artifact.model.get_base_model()
     wrappers = wrapper_modules(base)

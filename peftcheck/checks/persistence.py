@@ -83,7 +83,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
 
     Every trainable tensor is saved with its live shape and value, none empty; a fresh base
     plus the checkpoint gives the adapter's outputs, and saving that again gives the same file."""
-    from peftcheck.tolerances import expected_checkpoint, peft_state
+    from peftcheck.methods import expected_checkpoint, saved_state
 
     artifact = ctx.artifact()
     tol = params.tolerance(ctx)
@@ -122,7 +122,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
     # indices, DeLoRA norms): counted into the bound, listed in details["extra"]
     live = {t.data_ptr() for t in (*artifact.model.parameters(), *artifact.model.buffers()) if t.numel()}
     storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for key, value in peft_state(artifact.model).items():
+    for key, value in saved_state(artifact.model).items():
         if value.numel() and value.data_ptr() in live:  # not the pruned copies AdaLoRA saves
             storage.setdefault((value.data_ptr(), tuple(value.shape)), []).append(key)
         else:

@@ -153,7 +153,6 @@ def _reset() -> dict[str, Check]:
 
 
 def get_check(name: str) -> Check:
-    _load_builtin_checks()
     try:
         return CHECKS[name]
     except KeyError:
@@ -230,7 +229,3 @@ def validate_expectations(loaded: "LoadedSuite") -> None:
                         line=loaded.line_of(*place, key) or loaded.line_of(*place), field=".".join((*place, key)),
                         hint=f"methods: {', '.join(sorted(spec.methods))}",
                     )
-
-
-def _load_builtin_checks() -> None:
-    import peftcheck.checks.builtin  # noqa: F401  (each module registers its checks on import)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from peftcheck import methods
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
 
@@ -345,7 +346,7 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
     arms = {"base": forward_call(base, batch), "unmerged": forward_call(unmerged, batch)}
     merged = None
     if reason is None:
-        merged = copy.deepcopy(artifact.model).merge_and_unload()  # the trained model stays as it is
+        merged = methods.merged_copy(artifact.model)  # the trained model stays as it is
         merged.eval()
         arms["merged"] = forward_call(merged, batch)
     bounds = {"merged": [params.max_merged_ratio, params.min_merged_ratio], "unmerged": [params.max_unmerged_ratio]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Footprint", "footprint", "quantized_weights", "QUANTIZED_BITS"]
+__all__ = ["Footprint", "footprint", "quantized_weights", "float_weight", "QUANTIZED_BITS"]
 
 MIB = 2**20
 # Bits per weight element that a bitsandbytes quantization should store (without its scales).
@@ -100,3 +100,20 @@ def quantized_weights(model: Any) -> dict[str, dict[str, Any]]:
         stored = _nbytes(param) + sum(_nbytes(t) for t in _quant_state_tensors(param))
         out[name] = {"bits": 8 * _nbytes(param) / elements, "bytes": stored, "elements": elements}
     return out
+
+
+def float_weight(module: Any, param: Any) -> Any:
+    """A parameter as a float32 CPU tensor; bitsandbytes 4-bit and 8-bit weights dequantized."""
+    kind = type(param).__name__
+    if kind == "Params4bit":
+        import bitsandbytes as bnb
+
+        return bnb.functional.dequantize_4bit(param.data, param.quant_state).float().cpu()
+    if kind == "Int8Params":
+        import bitsandbytes as bnb
+
+        scb = getattr(param, "SCB", None)
+        if scb is None:
+            scb = getattr(getattr(module, "state", None), "SCB", None)
+        return bnb.functional.int8_vectorwise_dequant(param.data, scb).float().cpu()
+    return param.detach().float().cpu()

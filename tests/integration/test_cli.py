@@ -69,7 +69,7 @@ def test_validate_builds_what_it_validates(
 def test_validate_says_which_adapters_methods_it_could_not_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from peftcheck.backends import adapters
+    from peftcheck.methods import adapterhub as adapters
 
     monkeypatch.setattr(adapters, "is_adapters_available", lambda: False)
     path = write(tmp_path, tiny_suite({"houlsby": {"backend": "adapters", "config": "double_seq_bn"}}))

@@ -125,7 +125,7 @@ def test_where_it_applies_the_upstream_bug_is_what_fails(pytester: pytest.Pytest
     import peftcheck.record
 
     from peftcheck.checks.registry import split_params
-    from peftcheck.spec import load_suite
+    from peftcheck.loader import load_suite
 
     if not ({"avx512_bf16"} <= peftcheck.record.cpu_flags() and bitsandbytes.functional.has_avx512bf16()):
         pytest.skip("needs a CPU whose bitsandbytes 4-bit kernel is the AVX512-BF16 one")

@@ -15,7 +15,8 @@ from hypothesis import example, given, settings
 import peftcheck.spec
 from peftcheck.cli import main
 from peftcheck.errors import SuiteError
-from peftcheck.spec import SuiteSpec, json_schema, load_suite_text
+from peftcheck.spec import SuiteSpec, json_schema
+from peftcheck.loader import load_suite_text
 
 from . import _suite_strategies as ss
 from ._checks import run_planted

@@ -1,4 +1,4 @@
-"""peftcheck.backends.adapters: the analytic count of bottleneck adapters, skipping where the
+"""peftcheck.methods.adapterhub: the analytic count of bottleneck adapters, skipping where the
 library is missing or broken, and (where `adapters` imports: `nox -t adapters`) a trained
 Houlsby adapter through the pipeline."""
 
@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from peftcheck import methods
-from peftcheck.backends import adapters as backend
+from peftcheck.methods import adapterhub as backend
 from peftcheck.errors import MissingExtraError, SuiteError
-from peftcheck.spec import MethodSpec, load_suite
+from peftcheck.spec import MethodSpec
+from peftcheck.loader import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 

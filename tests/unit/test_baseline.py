@@ -408,7 +408,7 @@ def test_no_regression_fails_when_training_failed(recorded: Path) -> None:
 
 def test_no_regression_params_are_validated_in_the_suite() -> None:
     from peftcheck.errors import SuiteError
-    from peftcheck.spec import load_suite_text
+    from peftcheck.loader import load_suite_text
 
     text = """\
 suite: s

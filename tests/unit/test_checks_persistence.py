@@ -46,7 +46,7 @@ def test_sound_checkpoint_is_complete_small_and_reloads_exactly(sound: Any, meth
 def test_budget_pruned_ranks_are_expected_in_the_checkpoint(sound: Any) -> None:
     # AdaLoRA saves each module at the ranks its budget kept (possibly none): those shapes are
     # what the live mask says, not a lost tensor.
-    from peftcheck.tolerances import expected_checkpoint
+    from peftcheck.methods import expected_checkpoint
 
     pipeline, loaded = sound
     model = pipeline.artifact(loaded, "adalora").model

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftcheck.spec import load_suite
+from peftcheck.loader import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,8 @@ import yaml
 
 from helpers import tiny_suite
 from peftcheck.errors import SuiteError
-from peftcheck.spec import json_schema, load_suite_text
+from peftcheck.spec import json_schema
+from peftcheck.loader import load_suite_text
 
 LORA = {"peft": "LoraConfig", "r": 2, "target_modules": ["q_proj"]}
 

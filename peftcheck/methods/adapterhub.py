@@ -1,4 +1,4 @@
-"""The AdapterHub ``adapters`` backend: bottleneck adapters (Houlsby, Pfeiffer) and any other
+"""The AdapterHub ``adapters`` backend (registered as ``adapters`` in ``peftcheck/methods/__init__.py``): bottleneck adapters (Houlsby, Pfeiffer) and any other
 config of its ``ADAPTER_CONFIG_MAP`` by name.
 
 A suite method names it with ``backend: adapters`` and ``config: double_seq_bn`` (Houlsby: an
@@ -19,12 +19,16 @@ import sys
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftcheck.errors import MissingExtraError, SuiteError
-from peftcheck.spec import MethodSpec
+from peftcheck.methods.backend import BackendDefaults
+
+if TYPE_CHECKING:
+    from peftcheck.spec import MethodSpec
 
 __all__ = [
+    "BACKEND",
     "ADAPTER_NAME",
     "AdaptersConfig",
     "AdaptersUnavailable",
@@ -144,7 +148,7 @@ def apply(model: Any, config: AdaptersConfig, *, quantization: str, name: str) -
     except ValueError as exc:  # e.g. "Model llama not pre-supported by adapters"
         raise SuiteError(f"adapters could not apply the method: {exc}", field=f"methods.{name}") from None
     model.get_base_model = types.MethodType(_self, model)  # what checks read the base weights from
-    model.peftcheck_backend = "adapters"  # what methods.py dispatches on for a trained model
+    model.peftcheck_backend = "adapters"  # what methods.backend_for dispatches on for a trained model
     model.peftcheck_config = config
     return model
 
@@ -231,3 +235,48 @@ def expected_trainable(base_model: Any, config: AdaptersConfig) -> tuple[int | N
     kept = layers - len({i for i in cfg.leave_out if 0 <= i < layers})
     total = per_module * where * kept
     return total, f"{where} adapter(s) x {kept} layers x ({formula})"
+
+
+def expected_checkpoint(model: Any, adapter: str | None = None, *, trainable_only: bool = True) -> dict[str, Any]:
+    """adapters saves every trainable tensor of the adapter under its own name."""
+    return {
+        name: {"shape": tuple(p.shape), "tensor": p.detach().cpu(), "from": [name]}
+        for name, p in model.named_parameters() if p.requires_grad or not trainable_only
+    }  # fmt: skip
+
+
+class AdaptersBackend(BackendDefaults):
+    """The Backend protocol over this module's functions."""
+
+    name = "adapters"
+
+    def build_config(self, method: MethodSpec, *, name: str, max_steps: int) -> AdaptersConfig:
+        return build_config(method, name=name)
+
+    def apply(self, model: Any, config: Any, *, quantization: str, name: str, adapter_name: str = ADAPTER_NAME) -> Any:
+        return apply(model, config, quantization=quantization, name=name)
+
+    def disabled(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        return disabled(model)
+
+    def save(self, model: Any, folder: Path) -> Path:
+        return save(model, folder)
+
+    def load(self, base_model: Any, folder: Path, *, adapter_name: str | None = None, trainable: bool = False) -> Any:
+        loaded = load(base_model, folder)
+        return loaded.train() if trainable else loaded
+
+    def merged_copy(self, model: Any) -> Any:
+        raise NotImplementedError(can_merge(model))
+
+    def can_merge(self, model: Any) -> str | None:
+        return can_merge(model)
+
+    def expected_trainable(self, base_model: Any, config: Any) -> tuple[int | None, str]:
+        return expected_trainable(base_model, config)
+
+    def expected_checkpoint(self, model: Any, adapter: str | None = None, *, trainable_only: bool = True) -> dict[str, Any]:
+        return expected_checkpoint(model, adapter, trainable_only=trainable_only)
+
+
+BACKEND = AdaptersBackend()
