@@ -94,7 +94,7 @@ def _base_name(name: str, wrappers: list[str] = ()) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-@register_check("base_frozen", params=BaseFrozenParams)
+@register_check("base_frozen", params=BaseFrozenParams, needs_training=True)
 def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
     """Every base weight is bitwise unchanged after training (and none went missing)."""
     import torch
