@@ -324,6 +324,10 @@ def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
             line=1,
         )
     lines = _line_map(node) if node is not None else {}
+    methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
+    if "model" not in data and not any(isinstance(m, dict) and "adapter" in m for m in methods.values()):
+        # `model` is optional only for artifact methods (issue 15): reported first, as when it was required
+        raise SuiteError("required key is missing", file=path, line=1, field="model")
     try:
         spec = SuiteSpec.model_validate(data)
     except ValidationError as exc:
