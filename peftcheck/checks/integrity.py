@@ -79,7 +79,7 @@ def inspect_folder(folder: Path, base: Any, *, quantization: str, name: str, all
     from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
     from peftcheck import methods
-    from peftcheck.tolerances import expected_checkpoint
+    from peftcheck.tolerances import expected_checkpoint, peft_state
 
     files = sorted(p.name for p in folder.iterdir())
     found: dict[str, Any] = {"files": files, "problems": []}
@@ -117,7 +117,10 @@ def inspect_folder(folder: Path, base: Any, *, quantization: str, name: str, all
         message = exc.message if isinstance(exc, SuiteError) else f"{type(exc).__name__}: {exc}"
         problems.append(f"adapter_config.json does not apply to the model: {message[:300]}")
         return found
-    expected = {k: v["shape"] for k, v in expected_checkpoint(fresh, trainable_only=False).items()}
+    # the keys peft saves for this config on this model (VeRA's shared projections included), shaped as
+    # the live tensors they stand for (a rank budget's pruned shapes: expected_checkpoint)
+    shapes = {k: v["shape"] for k, v in expected_checkpoint(fresh, trainable_only=False).items()}
+    expected = {k: shapes.get(k, tuple(v.shape)) for k, v in peft_state(fresh).items()}
     found["tensors_expected"] = len(expected)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))

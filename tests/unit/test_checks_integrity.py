@@ -170,3 +170,40 @@ def test_a_method_peftcheck_trained_is_checked_through_its_own_save() -> None:
     measurement = run_check(quiet_pipeline(), load(suite), "lora", "adapter_integrity")
     assert measurement.passed, measurement.message
     assert measurement.details["tensors"] == 8
+
+
+OTHER_TYPES = {  # other peft types: presence and shapes come from peft itself (the config applied to the base)
+    "ia3": ("IA3Config", {"target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}, []),
+    "prompt": ("PromptTuningConfig", {"num_virtual_tokens": 4}, []),
+    "lokr": ("LoKrConfig", {"r": 4, "target_modules": ["q_proj", "v_proj"], "init_weights": False}, []),
+    # VeRA saves its shared projections beside the per-layer vectors; lambda_b starts at zero
+    "vera": ("VeraConfig", {"r": 8, "target_modules": ["q_proj", "k_proj"]}, ["vera_lambda_b"]),
+}
+
+
+@pytest.fixture(scope="module")
+def other_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import peft
+
+    root = tmp_path_factory.mktemp("other_types")
+    for name, (cls, kwargs, _) in OTHER_TYPES.items():
+        torch.manual_seed(0)
+        model = peft.get_peft_model(_tiny_llama_base(), getattr(peft, cls)(task_type="CAUSAL_LM", **kwargs))
+        model.save_pretrained(root / name)
+    return {name: root / name for name in OTHER_TYPES}
+
+
+@pytest.mark.parametrize("name", list(OTHER_TYPES))
+def test_other_peft_types_are_checked_through_peft(other_folders: dict[str, Path], tmp_path: Path, name: str) -> None:
+    allow_zero = OTHER_TYPES[name][2]
+    loaded = load(tiny_suite({"mine": {"adapter": str(other_folders[name])}}, model="tiny-llama"))
+    measurement = run_check(quiet_pipeline(), loaded, "mine", "adapter_integrity", allow_zero=allow_zero)
+    assert measurement.passed, measurement.message
+
+    def drop(state: dict[str, Any]) -> None:
+        del state[sorted(state)[0]]
+
+    planted = _planted(other_folders[name], tmp_path, tensors=drop)
+    loaded = load(tiny_suite({"mine": {"adapter": str(planted)}}, model="tiny-llama"))
+    measurement = run_check(quiet_pipeline(), loaded, "mine", "adapter_integrity", allow_zero=allow_zero)
+    assert not measurement.passed and "the config implies are missing from the file" in measurement.message
