@@ -166,16 +166,19 @@ def load(pipeline: Any, suite: Any, method: str) -> Any:
     base = pipeline.base(suite, mspec.quantization)
     suite_data = pipeline.data(suite, base.tokenizer)
     collate = data_mod.collator(base.tokenizer)
-    config = PeftConfig.from_pretrained(str(path))
-    resumable = methods.can_resume(config) is None
     try:
+        config = PeftConfig.from_pretrained(str(path))
+        resumable = methods.can_resume(config) is None
         model = PeftModel.from_pretrained(copy.deepcopy(base.training_source), str(path), is_trainable=resumable)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # the folder is the defect
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:  # the folder is the defect
         raise PeftcheckError(
             f"methods.{method}.adapter: peft cannot load {path}: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[-1][:300]} (adapter_integrity names the tensors)"
         ) from None
     config = model.peft_config[model.active_adapter]
+    if not resumable:  # prompt learning loads frozen (peft refuses is_trainable): its saved table is the adapter
+        for param in model.prompt_encoder.parameters():
+            param.requires_grad_(True)
     trainable, total = methods.parameter_counts(model)
     initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
     curve = logged_loss_curve(path) or []
