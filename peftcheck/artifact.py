@@ -173,7 +173,7 @@ def load(pipeline: Any, suite: Any, method: str) -> Any:
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:  # the folder is the defect
         raise PeftcheckError(
             f"methods.{method}.adapter: peft cannot load {path}: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[-1][:300]} (adapter_integrity names the tensors)"
+            f"{str(exc).strip().splitlines()[-1].strip()[:300]} (adapter_integrity names the tensors)"
         ) from None
     config = model.peft_config[model.active_adapter]
     if not resumable:  # prompt learning loads frozen (peft refuses is_trainable): its saved table is the adapter

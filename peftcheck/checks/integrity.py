@@ -149,7 +149,7 @@ def inspect_folder(folder: Path, base: Any, *, quantization: str, name: str, all
             load_unexpected = list(result.unexpected_keys)
         except (RuntimeError, ValueError, KeyError) as exc:
             load_missing, load_unexpected = [], []
-            problems.append(f"peft's load raises {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
+            problems.append(f"peft's load raises {type(exc).__name__}: {str(exc).strip().splitlines()[-1].strip()[:200]}")
         found["load"] = {"missing_keys": load_missing[:20], "unexpected_keys": load_unexpected[:20]}
         if load_missing:
             problems.append(f"peft's load reports {len(load_missing)} missing adapter key(s) (it only warns): "
@@ -215,9 +215,11 @@ def _merged_problems(ctx: CheckContext, params: IntegrityParams, folder: Path) -
 
 @register_check("adapter_integrity", params=IntegrityParams)
 def adapter_integrity(ctx: CheckContext, params: IntegrityParams) -> Measurement:
-    """The saved adapter holds every tensor its config implies, shaped as config and model imply,
-    none empty/all-zero/NaN/Inf, loads with no missing or unexpected key, targets modules of the
-    model; a `merged:` export gives the adapter's logits."""
+    """The saved adapter folder is complete, well-shaped, finite, non-zero and loads cleanly.
+
+    Every tensor its config implies is there, shaped as config and model imply, none empty,
+    all-zero, NaN or Inf; peft loads it with no missing or unexpected key; target_modules match
+    modules of the model; a `merged:` export gives the adapter's logits."""
     from peftcheck import artifact as saved
     from peftcheck.checks import adapter_ops
 
