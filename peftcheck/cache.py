@@ -197,6 +197,12 @@ class Pipeline:
         from peftcheck.record import environment
         from peftcheck.train import train_model
 
+        from peftcheck import artifact as saved
+
+        if saved.is_artifact(suite.spec.methods[method]):  # artifact mode: loaded, not trained (issue 15)
+            loaded = TrainedArtifact(suite, method, *saved.load(self, suite, method))
+            loaded.record = self._records.setdefault((suite.path + "::" + suite.spec.suite, method), loaded.record)
+            return loaded
         started = time.perf_counter()
         spec = suite.spec
         mspec = spec.methods[method]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peftcheck.artifact import resolve_artifacts
 from peftcheck.checks import validate_expectations
 from peftcheck.errors import SuiteError
 from peftcheck.spec import LoadedSuite, parse_suite_text
@@ -14,7 +15,7 @@ __all__ = ["load_suite", "load_suite_text"]
 
 def load_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
     """Parse and validate a suite from YAML text; every failure is a located SuiteError."""
-    loaded = parse_suite_text(text, path=path)
+    loaded = resolve_artifacts(parse_suite_text(text, path=path))  # artifact folders: JSON only, no torch
     validate_expectations(loaded)
     return loaded
 

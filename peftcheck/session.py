@@ -211,6 +211,8 @@ def _missing_extra(loaded: LoadedSuite, method: str, *, located: bool = True) ->
     from peftcheck.methods import build_config
 
     spec = loaded.spec
+    if spec.methods[method].adapter is not None:  # artifact mode: its folder was read when the suite loaded
+        return None
     try:
         build_config(spec.methods[method], name=method, max_steps=int(spec.train_args(method)["max_steps"]))
     except MissingExtraError as exc:

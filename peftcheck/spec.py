@@ -126,6 +126,16 @@ class MethodSpec(BaseModel):
         description="Methods this one is a comparison row for: where every one of them skips "
         "(an optional backend not installed), this method skips too instead of training for nobody.",
     )
+    adapter: str | None = Field(
+        None,
+        description="Artifact mode (issue 15): a saved PEFT adapter folder (adapter_config.json + "
+        "adapter_model.safetensors, from any trainer), relative to the suite file; it is loaded, not trained.",
+    )
+    merged: str | None = Field(
+        None,
+        description="With `adapter`: the folder of the same adapter merged into the base (an export), "
+        "checked by adapter_integrity to give the adapter's logits.",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -138,6 +148,16 @@ class MethodSpec(BaseModel):
 
     @model_validator(mode="after")
     def _backend_fields(self) -> "MethodSpec":
+        if self.adapter is not None:  # artifact mode: the folder's adapter_config.json is the config
+            given = [k for k in ("peft", "config", "train") if getattr(self, k)] + sorted(self.kwargs)
+            if given or self.backend != "peft":
+                raise ValueError(
+                    f"an artifact method (`adapter:`) takes its config from adapter_config.json and is not "
+                    f"trained; remove {given or ['backend']}"
+                )
+            return self
+        if self.merged is not None:
+            raise ValueError("`merged:` checks a saved adapter: give `adapter: <folder>` too")
         if self.backend == "peft" and not self.peft:
             raise ValueError("a peft method needs `peft: <ConfigClassName>`, e.g. peft: LoraConfig")
         if self.backend == "adapters" and not self.config:
@@ -155,8 +175,11 @@ class SuiteSpec(_Strict):
 
     suite: str = Field(pattern=_ID, description="Suite id, used in test ids and records.")
     description: str = Field("", description="What the suite shows.")
-    model: str = Field(
-        description="Built-in (smollm2-135m, tiny-opt, tiny-llama, tiny-gpt2, tiny-gemma3, tiny-qwen3), path or hub id."
+    model: str | None = Field(
+        None,
+        description="Built-in (smollm2-135m, tiny-opt, tiny-llama, tiny-gpt2, tiny-gemma3, tiny-qwen3), path or "
+        "hub id. Required unless every method is an artifact (`adapter:`) whose adapter_config.json names its "
+        "base (base_model_name_or_path).",
     )
     dtype: Dtype = Field("float32", description="Dtype the base model is loaded in.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
@@ -195,6 +218,8 @@ class SuiteSpec(_Strict):
         turns the check off for the method, `{}`/null adds it with the suite's fields or the
         defaults."""
         merged: dict[str, dict[str, Any]] = {}
+        if self.methods[method].adapter is not None:  # on by default for a saved adapter (issue 15)
+            merged["adapter_integrity"] = {}
         for source in (self.expect, self.methods[method].expect):
             for check, params in source.items():
                 if params is False:
@@ -308,6 +333,10 @@ def parse_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
             line=1,
         )
     lines = _line_map(node) if node is not None else {}
+    methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
+    if "model" not in data and not any(isinstance(m, dict) and "adapter" in m for m in methods.values()):
+        # `model` is optional only for artifact methods (issue 15): reported first, as when it was required
+        raise SuiteError("required key is missing", file=path, line=1, field="model")
     try:
         spec = SuiteSpec.model_validate(data)
     except ValidationError as exc:

@@ -3,6 +3,7 @@
 from peftcheck.checks import (  # noqa: F401
     contract,
     gradients,
+    integrity,
     learning,
     merging,
     multi_adapter,

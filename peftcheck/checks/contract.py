@@ -87,7 +87,7 @@ def _load(artifact: Any, folder: str, **kwargs: Any) -> Any:
     return adapter_ops.load(artifact.model, copy.deepcopy(artifact.base.model), Path(folder), **kwargs)
 
 
-@register_check("init_identity", params=ToleranceParams)
+@register_check("init_identity", params=ToleranceParams, needs_training=True)
 def init_identity(ctx: CheckContext, params: ToleranceParams) -> Measurement:
     """Before its first step the adapter's output is the base's, where the method promises it.
 
@@ -309,7 +309,7 @@ class AdapterNameParams(ToleranceParams):
         return value
 
 
-@register_check("adapter_name_invariance", params=AdapterNameParams)
+@register_check("adapter_name_invariance", params=AdapterNameParams, needs_training=True)
 def adapter_name_invariance(ctx: CheckContext, params: AdapterNameParams) -> Measurement:
     """The method under a non-default adapter name gives the same trainable tensors and untrained
     outputs (same seed), and loads the trained adapter with its count and outputs (peft#1410)."""

@@ -58,7 +58,7 @@ def _relative(ours: Any, reference: Any) -> float:
     return float((ours - reference).abs().max()) / scale if scale > 0 else float((ours - reference).abs().max())
 
 
-@register_check("gradient_checkpointing", params=GradientCheckpointingParams)
+@register_check("gradient_checkpointing", params=GradientCheckpointingParams, needs_training=True)
 def gradient_checkpointing(ctx: CheckContext, params: GradientCheckpointingParams) -> Measurement:
     """With gradient checkpointing enabled the way Trainer enables it (``use_reentrant`` True and
     False), one training step gives every trainable tensor the gradient it gets without it."""

@@ -21,6 +21,11 @@ class LossDecreaseParams(CheckParams):
 def loss_decrease(ctx: CheckContext, params: LossDecreaseParams) -> Measurement:
     """Training loss falls by at least min_relative between the first and last steps."""
     curve = [loss for _, loss in ctx.artifact().train.loss_curve]
+    if len(curve) < 2 and ctx.spec.adapter is not None:  # artifact mode reads the trainer's log (issue 15)
+        raise NotApplicable(
+            f"methods.{ctx.method} is a saved adapter and its folder has {len(curve)} logged losses "
+            "(no trainer_state.json log_history beside it): there is no loss curve to judge"
+        )
     if len(curve) < 2:
         raise NotApplicable(f"only {len(curve)} loss values were logged; train for more steps")
     window = min(params.window, len(curve) // 2)

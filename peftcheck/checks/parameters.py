@@ -22,12 +22,15 @@ class TrainableRatioParams(CheckParams):
 @register_check("trainable_ratio", params=TrainableRatioParams)
 def trainable_ratio(ctx: CheckContext, params: TrainableRatioParams) -> Measurement:
     """Trainable/total parameter ratio within bounds, and the count equals the analytic count."""
-    from peftcheck.methods import expected_trainable
+    from peftcheck.methods import can_resume, expected_trainable
 
     artifact = ctx.artifact()
     trainable, total = artifact.record["trainable_params"], artifact.record["total_params"]
     ratio = trainable / total
     expected, formula = expected_trainable(artifact.base.model, artifact.config)
+    if expected is not None and ctx.spec.adapter is not None and can_resume(artifact.config) is not None:
+        # a saved prompt adapter is its virtual-token table alone, not the encoder that trained it (issue 15)
+        expected, formula = None, f"not compared: a saved {type(artifact.config).__name__} holds no encoder ({formula})"
     problems = []
     if not params.min <= ratio <= params.max:
         problems.append(f"ratio {ratio:.6f} outside [{params.min}, {params.max}]")
@@ -92,7 +95,7 @@ def _base_name(name: str, wrappers: list[str] = ()) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-@register_check("base_frozen", params=BaseFrozenParams)
+@register_check("base_frozen", params=BaseFrozenParams, needs_training=True)
 def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
     """Every base weight is bitwise unchanged after training (and none went missing)."""
     import torch

@@ -114,9 +114,15 @@ class Check:
     params: type[CheckParams]
     func: Callable[["CheckContext", Any], Measurement]
     description: str
-    needs_training: bool = True
+    needs_training: bool = False
 
     def run(self, ctx: "CheckContext", params: CheckParams) -> Measurement:
+        # one place for every check that measures training (issue 15): an artifact was trained elsewhere
+        if self.needs_training and getattr(ctx.spec, "adapter", None) is not None:
+            raise NotApplicable(
+                f"{self.name} measures peftcheck's own training run; methods.{ctx.method} is a saved adapter "
+                "(artifact mode), trained elsewhere"
+            )
         return self.func(ctx, params)
 
 
@@ -124,9 +130,11 @@ CHECKS: dict[str, Check] = {}
 
 
 def register_check(
-    name: str, *, params: type[CheckParams] = CheckParams, needs_training: bool = True
+    name: str, *, params: type[CheckParams] = CheckParams, needs_training: bool = False
 ) -> Callable[[Callable[..., Measurement]], Callable[..., Measurement]]:
-    """Register ``func(ctx, params) -> Measurement`` under ``name``."""
+    """Register ``func(ctx, params) -> Measurement`` under ``name``; ``needs_training``: the check
+    measures peftcheck's training run (or rebuilds the method from its config), so it is not
+    applicable to a saved adapter (artifact mode)."""
     if not name.isidentifier():
         raise ValueError(f"check name {name!r} must be an identifier")
 

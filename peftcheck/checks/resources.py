@@ -243,7 +243,7 @@ def _phase_peaks(result: dict[str, Any]) -> dict[str, float]:
     return {**found, "total": float(result["total"]["peak_mib"])}
 
 
-@register_check("peak_memory", params=PeakMemoryParams)
+@register_check("peak_memory", params=PeakMemoryParams, needs_training=True)
 def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
     """Peak memory growth per phase, measured in a child process per method, within bounds.
 
@@ -405,7 +405,7 @@ class ThroughputParams(CheckParams):
         return self
 
 
-@register_check("throughput", params=ThroughputParams)
+@register_check("throughput", params=ThroughputParams, needs_training=True)
 def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     """Training tokens/s as a ratio to a reference method, timed in interleaved rounds."""
     from peftcheck.resources.calls import train_step_call

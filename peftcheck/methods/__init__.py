@@ -27,7 +27,8 @@ register_backend("adapters", "peftcheck.methods.adapterhub")
 __all__ = [
     "Backend", "backend_for", "get_backend", "register_backend", "registered_backends",
     "build_config", "apply_method", "apply_to_skeleton", "training_copy", "optimizer_step_hook",
-    "disabled", "save", "load", "load_together", "merged_copy", "offers",
+    "disabled", "save", "load", "load_together", "merged_copy", "offers", "read_config", "parameter_prefix",
+    "load_state",
     "parameter_counts", "matched_targets", "expected_trainable", "expected_checkpoint", "saved_state",
     "is_prompt_learning", "can_merge", "can_unmerge", "supports_safe_merge", "supports_weighted_cat",
     "can_resume", "supports_gradient_checkpointing", "rewrites_base", "identity_at_init", "init_setting",
@@ -94,6 +95,19 @@ def load_together(like: Any, base_model: Any, folders: dict[str, Path]) -> Any:
 
 def merged_copy(model: Any) -> Any:
     return backend_for(model).merged_copy(model)
+
+
+def read_config(folder: Path, *, backend: str | None = None) -> Any:
+    """The config saved in an adapter folder, read by ``backend`` (peft's by default)."""
+    return get_backend(backend).read_config(folder)
+
+
+def parameter_prefix(config: Any) -> str:
+    return backend_for(config).parameter_prefix(config)
+
+
+def load_state(model: Any, state: dict[str, Any], adapter_name: str = "default") -> tuple[list[str], list[str]]:
+    return backend_for(model).load_state(model, state, adapter_name)
 
 
 def offers(model: Any, what: str) -> str | None:

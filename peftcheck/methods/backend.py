@@ -158,6 +158,15 @@ class BackendDefaults:
     def load_together(self, base_model: Any, folders: dict[str, Path]) -> Any:
         raise NotImplementedError(self._declined("several adapters on one base"))
 
+    def read_config(self, folder: Path) -> Any:
+        raise NotImplementedError(self._declined("reading an adapter folder's config"))
+
+    def parameter_prefix(self, config: Any) -> str:
+        return ""
+
+    def load_state(self, model: Any, state: dict[str, Any], adapter_name: str = "default") -> tuple[list[str], list[str]]:
+        raise NotImplementedError(self._declined("loading a checkpoint's tensors"))
+
     def training_copy(self, model: Any) -> Any:
         import copy
 

@@ -186,6 +186,26 @@ class PeftBackend:
     def merged_copy(self, model: Any) -> Any:
         return copy.deepcopy(model).merge_and_unload()
 
+    def read_config(self, folder: Path) -> Any:
+        """The config saved in an adapter folder (adapter_config.json)."""
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(str(folder))
+
+    def parameter_prefix(self, config: Any) -> str:
+        """The prefix of the method's parameter names (``lora_``), which locates a checkpoint key's module."""
+        from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+        return PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "")
+
+    def load_state(self, model: Any, state: dict[str, Any], adapter_name: str = "default") -> tuple[list[str], list[str]]:
+        """Load a checkpoint's tensors into ``model`` as peft's from_pretrained does; (missing,
+        unexpected) keys, which peft itself only warns about (peft#2699, #2566)."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, dict(state), adapter_name=adapter_name)
+        return list(result.missing_keys), list(result.unexpected_keys)
+
     def offers(self, model: Any, what: str) -> str | None:
         return None
 

@@ -93,7 +93,8 @@ def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "peftcheck suite"
-    assert {"suite", "model", "data", "methods"} <= set(schema["required"])
+    assert {"suite", "data", "methods"} <= set(schema["required"])
+    assert "model" in schema["properties"]  # optional for a suite of saved adapters only (issue 15)
     assert schema["additionalProperties"] is False
 
 
