@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from peftcheck.baseline.compare import Comparison, MetricSpecs, as_float, compare_metrics
+from peftcheck.baseline.compare import Comparison, MetricSpecs, RegressionRule, as_float, compare_metrics
 
 __all__ = [
     "SCHEMA",
@@ -125,14 +125,8 @@ class BaselineMatch:
         entry = self.method(str(record.get("method")))
         if entry is None:
             return None
-        return compare_metrics(
-            record.get("metrics") or {},
-            entry.get("metrics") or {},
-            specs=specs,
-            only=only,
-            ignore=ignore,
-            same_device=self.same_device,
-        )
+        rule = RegressionRule(specs or MetricSpecs(), tuple(only) if only is not None else None, tuple(ignore))
+        return rule.compare(record.get("metrics") or {}, entry.get("metrics") or {}, same_device=self.same_device)
 
 
 @dataclasses.dataclass(frozen=True)
