@@ -58,10 +58,12 @@ class XdistPlugin:
         self.config = config
         self.devices = cuda_devices()
         self.workers: dict[str, dict[str, Any]] = {}
+        self.scheduling: str | None = None  # set where peftcheck's scheduler replaced --dist load
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getoption("dist", "no") == "load" and not dist_was_chosen(config):
+            self.scheduling = "peftcheck clusters (loadscope by method cluster)"
             return _scheduler(config, log)
         return None
 
@@ -76,7 +78,8 @@ class XdistPlugin:
 
     def session_fields(self) -> dict[str, Any]:
         """What the session record says about the workers."""
-        return {"xdist": {"dist": self.config.getoption("dist", "no"), "workers": dict(sorted(self.workers.items()))}}
+        dist = self.scheduling or str(self.config.getoption("dist", "no"))
+        return {"xdist": {"dist": dist, "workers": dict(sorted(self.workers.items()))}}
 
 
 def configure_worker(config: pytest.Config) -> None:

@@ -211,7 +211,7 @@ class Report:
 
     @property
     def hint(self) -> str:
-        if any(u.action in ("added", "replaced") for u in self.updates):
+        if any(u.action in ("added", "replaced", "appended") for u in self.updates):
             return f"Baselines were written: review the diff of {self.baseline_root} and commit it."
         if any(p.kind == "regression" for p in self.regressions):
             return (
