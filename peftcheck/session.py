@@ -146,10 +146,10 @@ class Session:
 
     def method_view(self, suite: LoadedSuite, method: str, record: dict[str, Any]) -> dict[str, Any]:
         """The method's record with the metrics its checks in this process returned so far."""
-        from peftcheck.record import MethodRecord
-
-        checks = self._local.get((suite.path, suite.spec.suite, method), [])
-        return MethodRecord.from_dict(record).with_checks(checks).to_dict()
+        metrics = dict(record.get("metrics") or {})  # live values: no JSON round trip (inf stays a float)
+        for check in self._local.get((suite.path, suite.spec.suite, method), []):
+            metrics.update(check.metrics)
+        return {**record, "metrics": metrics}
 
     def record_check(self, item: "CheckItem", report: pytest.TestReport) -> None:
         """The item's CheckRecord, and the method records made while it ran, onto its report."""

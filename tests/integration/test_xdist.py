@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,7 +85,7 @@ def sections(pytester: pytest.Pytester, name: str) -> dict[str, Any]:
     return {
         "cells": [(m.method, c.check, c.outcome, c.value) for s in report.suites for m in s.methods for c in m.cells.values()],
         "metrics": [(m.method, c.metric) for s in report.suites for m in s.methods for c in m.metrics],
-        "headings": re.findall(r"<h[23][^>]*>(.*?)</h[23]>", page),
+        "headings": [h.replace(f"{name}.jsonl", "NAME.jsonl") for h in re.findall(r"<h[23][^>]*>(.*?)</h[23]>", page)],
         "summary": (pytester.path / f"{name}.md").read_text(encoding="utf-8").splitlines()[0],
         "counts": report.counts,
     }
