@@ -78,7 +78,8 @@ def clusters(loaded: Any) -> dict[str, tuple[str, ...]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _file_clusters(path: str) -> dict[tuple[str, str], tuple[str, ...]]:
+def _file_clusters(path: str, mtime_ns: int) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Keyed by modification time too: an edited suite is read again (pytester, long sessions)."""
     from peftcheck.spec import load_suite
 
     loaded = load_suite(Path(path))
@@ -92,7 +93,8 @@ def scope_of(nodeid: str, rootdir: str | Path) -> str | None:
     if len(parts) != 4 or not parts[0].endswith((".yaml", ".yml")):
         return None
     try:
-        group = _file_clusters(str(Path(rootdir) / parts[0])).get((parts[1], parts[2]))
+        path = Path(rootdir) / parts[0]
+        group = _file_clusters(str(path), path.stat().st_mtime_ns).get((parts[1], parts[2]))
     except Exception:  # documented boundary: a suite that does not load errs at collection, not here
         group = None
     return "::".join([*parts[:2], "+".join(group or (parts[2],))])
