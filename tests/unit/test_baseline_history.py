@@ -61,3 +61,17 @@ def test_missing_never_appends(tmp_path: Path) -> None:
     store = BaselineStore(tmp_path)
     store.update(collect_entries(run(10.0)), "missing")
     assert [n.action for n in store.update(collect_entries(run(11.0)), "missing")] == ["kept"]
+
+
+def test_baselines_the_run_did_not_use_are_listed(tmp_path: Path) -> None:
+    from peftcheck.report.publish import publish
+
+    store = BaselineStore(tmp_path)
+    other = [{**r, "suite": "gone"} if r["kind"] == "method" else r for r in run(10.0)]
+    extra = [{**r, "method": "prefix"} if r["kind"] == "method" else r for r in run(10.0)]
+    store.update(collect_entries(run(10.0) + other[1:] + extra[1:]), "missing")
+    lines = publish([("r.jsonl", run(10.0))], baseline=tmp_path).lines()
+    unused = [line for line in lines if line.startswith("baseline not used by this run: ")]
+    assert len(unused) == 2, lines
+    assert any("gone.json (suite gone did not run)" in line for line in unused)
+    assert any("tiny.json: prefix (did not run)" in line for line in unused)
