@@ -186,6 +186,16 @@ class Pipeline:
             "kind": "method", "suite": suite.spec.suite, "suite_file": suite.path, "method": method,
             "status": "error", "error": f"{type(exc).__name__}: {exc}",
         }  # fmt: skip
+        self.on_record(self._records[key])  # now: under xdist it travels with the item's report (issue 14)
+
+    def _first_record(self, suite: LoadedSuite, method: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The method's record: a retrained (evicted) artifact keeps the first one, handed on once,
+        when made, so under xdist it travels with the report of the item that trained it (issue 14)."""
+        key = (suite.path + "::" + suite.spec.suite, method)
+        if key not in self._records:
+            self._records[key] = record
+            self.on_record(record)
+        return self._records[key]
 
     def _train(self, suite: LoadedSuite, method: str) -> TrainedArtifact:
         from transformers import set_seed
@@ -201,7 +211,7 @@ class Pipeline:
 
         if saved.is_artifact(suite.spec.methods[method]):  # artifact mode: loaded, not trained (issue 15)
             loaded = TrainedArtifact(suite, method, *saved.load(self, suite, method))
-            loaded.record = self._records.setdefault((suite.path + "::" + suite.spec.suite, method), loaded.record)
+            loaded.record = self._first_record(suite, method, loaded.record)
             return loaded
         started = time.perf_counter()
         spec = suite.spec
@@ -253,8 +263,7 @@ class Pipeline:
             # base load, adapter, training and its evaluations: the item that trains pays it (issue 17)
             "prepare_time_s": time.perf_counter() - started,
         }  # fmt: skip
-        # a retrained (evicted) artifact keeps the first record, with what checks added to it
-        record = self._records.setdefault((suite.path + "::" + spec.suite, method), record)
+        record = self._first_record(suite, method, record)
         artifact = TrainedArtifact(
             suite, method, mspec, base, model, config, suite_data, collate, result, initial, record
         )
@@ -263,9 +272,7 @@ class Pipeline:
         return artifact
 
     def close(self) -> None:
-        """Hand every method record (with what checks added to it) to ``on_record``."""
-        for record in self._records.values():
-            self.on_record(record)
+        """Drop the models; each method record was handed to ``on_record`` when it was made."""
         self._records.clear()
         self._live.clear()
         self._bases.clear()

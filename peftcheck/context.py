@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from peftcheck.cache import BaseHandle, Pipeline, TrainedArtifact
@@ -19,6 +20,12 @@ class CheckContext:
     suite: LoadedSuite
     method: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # what the check measured besides its value; Check.run returns them in the Measurement, so
+    # no check writes into the method's record (issue 14)
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # the method's record as the Session sees it: training's metrics plus its checks' so far
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def spec(self) -> Any:
@@ -42,7 +49,9 @@ class CheckContext:
         return self.pipeline.base(self.suite, self.spec.quantization)
 
     def method_record(self) -> dict[str, Any]:
-        return self.artifact().record
+        """The method's record with the metrics of the checks that ran before this one (issue 14)."""
+        record = self.artifact().record
+        return self.view(record) if self.view is not None else record
 
     def base_perplexity(self) -> float | None:
         return self.pipeline.base_perplexity(self.suite, self.base())

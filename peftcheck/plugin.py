@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from peftcheck.session import BUILTIN_MARKERS, SESSION_KEY, CheckItem, Session, collect_suite
+from peftcheck.shard import parse_shard
+from peftcheck.xdist import XdistPlugin, configure_worker
 
 
 def parse_results_path(value: str) -> str:
@@ -31,13 +33,29 @@ def add_run_options(add: Any, prefix: str = "--peftcheck-") -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    add_run_options(parser.getgroup("peftcheck", "peftcheck: PEFT suites").addoption)
+    group = parser.getgroup("peftcheck", "peftcheck: PEFT suites")
+    add_run_options(group.addoption)
+    group.addoption(
+        "--peftcheck-shard", dest="peftcheck_shard", type=parse_shard, default=None, metavar="I/N",
+        help="run shard I of N (1 <= I <= N): whole method clusters, balanced by the baseline's "
+        "train times; merge the shards' results with `peftcheck report shard*.jsonl` (default: all)",
+    )  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in BUILTIN_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    configure_worker(config)  # an xdist worker's GPU, before anything initialises CUDA
     config.stash[SESSION_KEY] = Session.from_config(config)
+    config.pluginmanager.register(config.stash[SESSION_KEY].reports, "peftcheck-records")
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        config.stash[SESSION_KEY].xdist = XdistPlugin(config)
+        config.pluginmanager.register(config.stash[SESSION_KEY].xdist, "peftcheck-xdist")
+
+
+@pytest.hookimpl(trylast=True)  # after other plugins reorder (no_regression must stay last)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[SESSION_KEY].arrange(items)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -61,7 +79,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config.stash[SESSION_KEY].finish()
 
 
-@pytest.hookimpl(tryfirst=True)  # before the report plugin's section, which reads that file
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if SESSION_KEY in config.stash:
         config.stash[SESSION_KEY].summarize(terminalreporter)

@@ -11,9 +11,12 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-__all__ = ["ResultsWriter", "environment", "cpu_flags", "read_records", "SCHEMA_VERSION"]
+__all__ = [
+    "ResultsWriter", "environment", "cpu_flags", "read_records", "SCHEMA_VERSION",
+    "Outcome", "OUTCOMES", "CheckRecord", "MethodRecord", "write_results",
+]  # fmt: skip
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "adapters")
@@ -72,6 +75,81 @@ def environment() -> dict[str, Any]:
     return env
 
 
+Outcome = Literal["passed", "failed", "skipped", "error", "xfailed", "xpassed"]
+OUTCOMES: tuple[str, ...] = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+
+
+@dataclasses.dataclass
+class CheckRecord:
+    """One check item's result; the Session alone turns Measurements into these (issue 14)."""
+
+    suite: str
+    suite_file: str
+    method: str
+    check: str
+    nodeid: str
+    outcome: Outcome
+    message: str = ""
+    value: float | None = None
+    bound: str | None = None
+    unit: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    xfail: dict[str, Any] | None = None  # {"reason": ...} for xfailed / xpassed
+    duration_s: float | None = None
+    from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.outcome in OUTCOMES, self.outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "check", **_jsonable(dataclasses.asdict(self))}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CheckRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclasses.dataclass
+class MethodRecord:
+    """One (suite, method): trained or failed, with its provenance in ``facts`` (loss curve,
+    timings, versions). ``metrics`` holds training's; the Session adds each check's."""
+
+    suite: str
+    suite_file: str
+    method: str
+    status: Literal["trained", "error"]
+    error: str | None = None
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    from_cache: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        facts = data.pop("facts")
+        return {"kind": "method", **_jsonable(facts), **_jsonable(data)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MethodRecord":
+        names = {f.name for f in dataclasses.fields(cls)} - {"facts"}
+        own = {k: v for k, v in data.items() if k in names}
+        facts = {k: v for k, v in data.items() if k not in names and k != "kind"}
+        own.setdefault("metrics", {})
+        own["metrics"] = dict(own["metrics"] or {})
+        return cls(**own, facts=facts)
+
+    def with_checks(self, checks: "list[CheckRecord]") -> "MethodRecord":
+        """A copy holding the metrics and samples of ``checks`` too (in item order)."""
+        metrics, samples = dict(self.metrics), list(self.samples)
+        for check in checks:
+            metrics.update(check.metrics)
+            samples = samples or list(check.samples)
+        return dataclasses.replace(self, metrics=metrics, samples=samples)
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _jsonable(dataclasses.asdict(value))
@@ -95,7 +173,7 @@ class ResultsWriter:
     loss curve, timings, memory, provenance) and ``check`` (one per check item).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, session: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO = self.path.open("w", encoding="utf-8")
@@ -107,6 +185,7 @@ class ResultsWriter:
                 "argv": sys.argv,
                 "pid": os.getpid(),
                 "env": environment(),
+                **(session or {}),
             }
         )
 
@@ -118,6 +197,16 @@ class ResultsWriter:
         if not self._file.closed:
             self.write({"kind": "end", "env": environment()})
             self._file.close()
+
+
+def write_results(path: str | Path, records: "list[dict[str, Any]]", *, session: dict[str, Any]) -> None:
+    """The whole results file at once, from the controlling process only (issue 14)."""
+    writer = ResultsWriter(path, session=session)
+    try:
+        for record in records:
+            writer.write(record)
+    finally:
+        writer.close()
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

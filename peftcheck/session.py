@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from peftcheck.checks.registry import Measurement, NotApplicable, get_check, par
 from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
 from peftcheck.spec import LoadedSuite
 from peftcheck.loader import load_suite
+from peftcheck.report.options import output_path
 
 __all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite", "output_path"]
 
@@ -23,14 +25,6 @@ BUILTIN_MARKERS = {
     "heavy": "among the costliest real-model items on a CPU; this project's default run deselects "
     "them (pyproject addopts), CI runs them once (-m heavy)",
 }
-
-
-def output_path(config: pytest.Config, value: str | Path) -> Path:
-    """A file peftcheck writes: a relative path is under the directory pytest was run from.
-
-    Not the rootdir: ``pytest /some/where/suite.yaml`` would write into the suite's folder
-    (issue 17)."""
-    return Path(config.invocation_params.dir) / value
 
 
 def looks_like_suite(path: Path) -> bool:
@@ -52,72 +46,224 @@ class CheckFailed(AssertionError):
         self.measurement = measurement
 
 
+RECORDS_PROPERTY = "peftcheck_records"  # report.user_properties key: records on their way to the controller
+
+
+class _ReportHook:
+    """The one hook that takes reports with no config in reach: a plugin object, not a global."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    @pytest.hookimpl(tryfirst=True)  # the records leave the report before --junitxml reads it
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.ingest(report)
+
+
 class Session:
-    """Owns the pipeline and the results file for one pytest run."""
+    """The one writer of a pytest run: owns the pipeline, the records, the results file, the
+    report and the baselines (issue 14).
+
+    Every process (serial, or an xdist worker) turns its items' Measurements into records and
+    attaches them to the item's report; the controlling process (the serial one, or xdist's
+    controller) takes them from the report it logs and alone writes files at the end."""
 
     def __init__(self, config: pytest.Config) -> None:
+        import datetime as _dt
+
         from peftcheck.cache import Pipeline
         from peftcheck.progress import TerminalProgress
 
         self.config = config
+        self.worker = hasattr(config, "workerinput")
         self.results_path = output_path(config, config.getoption("peftcheck_results") or "reports/results.jsonl")
-        self._writer: Any = None
-        self.pipeline = Pipeline(on_record=self.write, progress=TerminalProgress(config))
+        self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.shard = config.getoption("peftcheck_shard", None)
+        self.pipeline = Pipeline(on_record=self._made, progress=TerminalProgress(config))
+        self._pending: list[dict[str, Any]] = []  # method records made since the last item's report
+        self._local: dict[tuple[str, str, str], list[Any]] = {}  # this process's check records, per method
+        self.methods: dict[tuple[str, str, str], Any] = {}  # the controller's MethodRecords
+        self.checks: list[tuple[int, Any]] = []  # the controller's (collection index, CheckRecord)
+        self._index: dict[str, int] = {}
+        self.xdist: Any = None  # peftcheck.xdist.XdistPlugin on an xdist controller
+        self.publisher: Any = None  # report.plugin.ReportSession where that plugin is loaded
+        self.written = False
+        self.reports = _ReportHook(self)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "Session":
-        return cls(config)
+        session = cls(config)
+        if config.pluginmanager.has_plugin("peftcheck_report"):  # its options are registered
+            from peftcheck.report.plugin import ReportSession
+
+            publisher = ReportSession.from_config(config)  # also resolves the baseline store
+            session.publisher = None if session.worker else publisher
+        return session
 
     def header(self) -> list[str]:
         """Where this run writes, said before it starts (the end of a long run is far away)."""
-        return [f"peftcheck: results to {self.results_path}"]
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._writer is None:  # only a run that measured something replaces the file
-            from peftcheck.record import ResultsWriter
-
-            self._writer = ResultsWriter(self.results_path)
-        self._writer.write(record)
+        lines = [f"peftcheck: results to {self.results_path}"]
+        if self.shard is not None:
+            lines.append(f"peftcheck: shard {self.shard} (whole method clusters, balanced by baseline train times)")
+        return lines + (self.publisher.header() if self.publisher is not None else [])
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self.config.option).items() if k.startswith("peftcheck_")}
 
+    # -- collection -----------------------------------------------------------------------
+    def arrange(self, items: list[pytest.Item]) -> None:
+        """``no_regression`` after its method's other checks (it compares what they measured, so
+        its verdict must not depend on item order); then this shard's items only."""
+        group = {id(i): (str(i.path), i.suite.spec.suite, i.method) for i in items if isinstance(i, CheckItem)}
+        last = {key: n for n, i in enumerate(items) if (key := group.get(id(i))) is not None}
+        rank = {
+            id(i): (last[group[id(i)]] + 0.5 if isinstance(i, CheckItem) and i.check_name == "no_regression" else n)
+            for n, i in enumerate(items)
+        }
+        items.sort(key=lambda i: rank[id(i)])
+        if self.shard is not None:
+            from peftcheck.baseline import BaselineStore
+            from peftcheck.record import environment
+            from peftcheck.shard import assign
+
+            store = BaselineStore(self.config.option.peftcheck_baseline) if getattr(
+                self.config.option, "peftcheck_baseline", None) else None
+            kept, dropped = assign(items, self.shard, rootdir=self.config.rootpath, store=store, env=environment())
+            if dropped:
+                self.config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+        self._index = {item.nodeid: n for n, item in enumerate(items)}
+
+    # -- in every process ------------------------------------------------------------------
+    def _made(self, record: dict[str, Any]) -> None:
+        self._pending.append(record)
+
+    def method_view(self, suite: LoadedSuite, method: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The method's record with the metrics its checks in this process returned so far."""
+        metrics = dict(record.get("metrics") or {})  # live values: no JSON round trip (inf stays a float)
+        for check in self._local.get((suite.path, suite.spec.suite, method), []):
+            metrics.update(check.metrics)
+        return {**record, "metrics": metrics}
+
     def record_check(self, item: "CheckItem", report: pytest.TestReport) -> None:
+        """The item's CheckRecord, and the method records made while it ran, onto its report."""
+        import json
+
+        from peftcheck.record import CheckRecord, _jsonable
+
         measurement = item.stash.get(MEASUREMENT_KEY, None)
         outcome = report.outcome
         if report.failed:  # a PeftcheckError's longrepr is a plain string, without reprcrash
             outcome = "failed" if measurement is not None else "error"
         xfail = getattr(report, "wasxfail", None)
         if xfail is not None:
-            outcome = "failed" if report.skipped else "passed"  # xfailed / xpassed
+            outcome = "xfailed" if report.skipped else "xpassed"
         message = measurement.message if measurement else ""
         if report.skipped and xfail is None and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif measurement is None and report.failed:
             crash = getattr(report.longrepr, "reprcrash", None)
             message = crash.message if crash is not None else str(report.longrepr)
-        self.write(
-            {
-                "kind": "check", "suite": item.suite.spec.suite, "suite_file": item.suite.path,
-                "method": item.method, "check": item.check_name, "nodeid": item.nodeid,
-                "outcome": outcome, "xfail": {"reason": xfail} if xfail is not None else None,
-                "value": measurement.value if measurement else None,
-                "bound": measurement.bound if measurement else None,
-                "unit": measurement.unit if measurement else None,
-                "message": message, "details": measurement.details if measurement else {},
-                "duration_s": report.duration,
-            }
+        check = CheckRecord(
+            suite=item.suite.spec.suite, suite_file=item.suite.path, method=item.method, check=item.check_name,
+            nodeid=item.nodeid, outcome=outcome, message=message,  # type: ignore[arg-type]
+            value=measurement.value if measurement else None, bound=measurement.bound if measurement else None,
+            unit=measurement.unit if measurement else None, details=measurement.details if measurement else {},
+            metrics=measurement.metrics if measurement else {}, samples=measurement.samples if measurement else [],
+            xfail={"reason": xfail} if xfail is not None else None, duration_s=report.duration,
         )  # fmt: skip
+        self._local.setdefault((item.suite.path, item.suite.spec.suite, item.method), []).append(check)
+        payload = {"index": self._index.get(item.nodeid, len(self._index)), "check": check.to_dict(),
+                   "methods": [_jsonable(r) for r in self._pending]}
+        self._pending.clear()
+        # a JSON string: it crosses xdist's channel as it is, whatever the details hold
+        report.user_properties.append((RECORDS_PROPERTY, json.dumps(payload, ensure_ascii=False)))
+
+    # -- in the controlling process ----------------------------------------------------------
+    def ingest(self, report: pytest.TestReport) -> None:
+        """Take this report's records (the controller only; a worker just forwards reports)."""
+        if self.worker:
+            return
+        import json
+
+        from peftcheck.record import CheckRecord, MethodRecord
+
+        for name, value in [p for p in report.user_properties if p[0] == RECORDS_PROPERTY]:
+            report.user_properties.remove((name, value))  # not into --junitxml
+            payload = json.loads(value)
+            for raw in payload["methods"]:
+                method = MethodRecord.from_dict(raw)
+                # the first wins: a method that trained twice (two workers) is one record
+                self.methods.setdefault((method.suite_file, method.suite, method.method), method)
+            self.checks.append((int(payload["index"]), CheckRecord.from_dict(payload["check"])))
+
+    def add_records(self, records: list[dict[str, Any]]) -> None:
+        """Records measured elsewhere (a saved run replayed by a test or a plugin), as if this
+        session's items had sent them; other kinds (session, end) are dropped."""
+        from peftcheck.record import CheckRecord, MethodRecord
+
+        for number, raw in enumerate(records, len(self.checks) + len(self._index)):
+            if raw.get("kind") == "method":
+                method = MethodRecord.from_dict(raw)
+                self.methods.setdefault((method.suite_file, method.suite, method.method), method)
+            elif raw.get("kind") == "check":
+                self.checks.append((number, CheckRecord.from_dict(raw)))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Method records (with their checks' metrics) then check records, in collection order:
+        the same list whether the items ran in one process or on many."""
+        checks = [c for _, c in sorted(self.checks, key=lambda pair: (pair[0], pair[1].nodeid))]
+        order = {}
+        for check in checks:
+            order.setdefault((check.suite_file, check.suite, check.method), len(order))
+        keys = sorted(self.methods, key=lambda k: (order.get(k, len(order)), k))
+        per_method: dict[tuple[str, str, str], list[Any]] = {}
+        for check in checks:
+            per_method.setdefault((check.suite_file, check.suite, check.method), []).append(check)
+        methods = [self.methods[k].with_checks(per_method.get(k, [])).to_dict() for k in keys]
+        return methods + [c.to_dict() for c in checks]
+
+    def session_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"started": self.started}
+        if self.shard is not None:
+            fields["shard"] = {"index": self.shard.index, "count": self.shard.count}
+        if self.xdist is not None:
+            fields.update(self.xdist.session_fields())
+        return fields
 
     def finish(self) -> None:
+        from peftcheck.record import write_results
+
         self.pipeline.close()
-        if self._writer is not None:
-            self._writer.close()
+        if self.worker:
+            return
+        if self._pending:  # records made outside any item's report (serial: none are lost)
+            from peftcheck.record import MethodRecord
+
+            for raw in self._pending:
+                method = MethodRecord.from_dict(raw)
+                self.methods.setdefault((method.suite_file, method.suite, method.method), method)
+        records = self.records()
+        if records:  # only a run that measured something replaces the file
+            write_results(self.results_path, records, session=self.session_fields())
+            self.written = True
+        if self.publisher is not None:
+            session = {"kind": "session", "argv": sys.argv, "env": _environment(), **self.session_fields()}
+            runs = [(str(self.results_path), [session, *records, {"kind": "end", "env": _environment()}])]
+            self.publisher.finish(runs if records else [])
 
     def summarize(self, terminal: Any) -> None:
         """Said even with -q: where to look. In the summary, where it starts a line of its own."""
-        if self._writer is not None:
+        if self.written:
             terminal.write_line(f"peftcheck: results written to {self.results_path}")
+        if self.publisher is not None:
+            self.publisher.summarize(terminal)
+
+
+def _environment() -> dict[str, Any]:
+    from peftcheck.record import environment
+
+    return environment()
 
 
 def _display_path(path: Path) -> Path:
@@ -245,7 +391,8 @@ class CheckItem(pytest.Item):
             if not torch.cuda.is_available():
                 pytest.skip("marked gpu and torch sees no CUDA device")
         session = self.config.stash[SESSION_KEY]
-        ctx = CheckContext(session.pipeline, self.suite, self.method, session.options())
+        ctx = CheckContext(session.pipeline, self.suite, self.method, session.options(),
+                           view=lambda record: session.method_view(self.suite, self.method, record))
         try:
             measurement = self.check.run(ctx, self.params)
         except NotApplicable as exc:

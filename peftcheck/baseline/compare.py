@@ -27,6 +27,7 @@ __all__ = [
     "as_float",
     "compare_metric",
     "compare_metrics",
+    "RegressionRule",
 ]
 
 Direction = Literal["lower", "higher", "none"]
@@ -375,3 +376,53 @@ def compare_metrics(
             )
         )
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionRule:
+    """What ``no_regression`` holds a method to: the one comparison that both the check and the
+    report run, so the page never flags a metric the check was told to ignore (issue 14)."""
+
+    specs: MetricSpecs = dataclasses.field(default_factory=MetricSpecs)
+    only: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "RegressionRule":
+        """From no_regression's parameters as its record keeps them (``details["params"]``);
+        unreadable ones give the defaults, as a method without the check gets."""
+        params = params or {}
+        try:
+            specs = MetricSpecs.from_raw(params.get("tolerance"), params.get("direction"))
+        except (ValueError, AttributeError):
+            specs = MetricSpecs()
+        only = params.get("metrics")
+        return cls(specs, tuple(only) if only is not None else None, tuple(params.get("ignore") or ()))
+
+    def compare(
+        self, current: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mapping[str, Any]], *,
+        same_device: bool = True,
+    ) -> list[Comparison]:
+        """Every metric of either side; those the rule leaves out come back ``not_compared``
+        (shown, never judged), those named in ``only`` first and in its order."""
+        names = list(self.only or ()) + sorted((set(current) | set(baseline)) - set(self.only or ()))
+        result = []
+        for name in names:
+            if name in self.ignore or (self.only is not None and name not in self.only):
+                now, then = current.get(name) or {}, baseline.get(name) or {}
+                why = "ignored by no_regression" if name in self.ignore else "not in no_regression's metrics"
+                samples = [v for v in (as_float(x) for x in then.get("samples", ())) if v is not None]
+                spec = self.specs.spec(name, now.get("unit") or then.get("unit"))
+                result.append(Comparison(
+                    name, now.get("unit") or then.get("unit"), spec.direction, spec.tolerance, "not_compared",
+                    as_float(now.get("value")), Samples(tuple(samples)).mean if samples else None, len(samples),
+                    note=why,
+                ))  # fmt: skip
+                continue
+            result += compare_metrics(current, baseline, specs=self.specs, only=[name], same_device=same_device)
+        return result
+
+    @staticmethod
+    def judged(comparisons: Sequence[Comparison]) -> list[Comparison]:
+        """The comparisons that decide: not those the rule or the device left out."""
+        return [c for c in comparisons if c.status != "not_compared"]

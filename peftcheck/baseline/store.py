@@ -1,4 +1,7 @@
-"""The baseline store: one readable JSON file per (environment, suite), written atomically."""
+"""The baseline store: one readable JSON file per (environment, suite), written atomically.
+
+Each update appends: a method measured again with the same fingerprint adds one sample per
+metric, and the file's ``runs`` lists every update (issue 14), as pytest-benchmark keeps runs."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from peftcheck.baseline.compare import Comparison, MetricSpecs, as_float, compare_metrics
+from peftcheck.baseline.compare import Comparison, MetricSpecs, RegressionRule, as_float, compare_metrics
 
 __all__ = [
     "SCHEMA",
@@ -32,7 +35,7 @@ __all__ = [
 SCHEMA = 1
 MAX_SAMPLES = 20  # raw samples kept per metric; enough for a standard deviation, small in review
 UpdateMode = Literal["all", "missing"]
-Action = Literal["added", "replaced", "kept", "skipped"]
+Action = Literal["added", "replaced", "appended", "kept", "skipped"]
 
 _KEY_PACKAGES = {"torch": "torch", "transformers": "transformers", "peft": "peft", "bitsandbytes": "bnb"}
 # How much a difference in each package weighs when the nearest baseline is chosen.
@@ -125,14 +128,8 @@ class BaselineMatch:
         entry = self.method(str(record.get("method")))
         if entry is None:
             return None
-        return compare_metrics(
-            record.get("metrics") or {},
-            entry.get("metrics") or {},
-            specs=specs,
-            only=only,
-            ignore=ignore,
-            same_device=self.same_device,
-        )
+        rule = RegressionRule(specs or MetricSpecs(), tuple(only) if only is not None else None, tuple(ignore))
+        return rule.compare(record.get("metrics") or {}, entry.get("metrics") or {}, same_device=self.same_device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,17 +330,46 @@ class BaselineStore:
                 if old is None:
                     methods[method] = entry
                     notes.append(UpdateNote(path, suite, method, "added"))
+                elif mode == "all" and old.get("fingerprint") == entry.get("fingerprint"):
+                    # the same method again: its values join the samples, so after three runs the
+                    # noise-aware gates judge time and speed (issue 14); a -k run keeps the rest
+                    methods[method] = _appended(old, entry)
+                    samples = max((len(m.get("samples") or ()) for m in methods[method]["metrics"].values()), default=0)
+                    notes.append(UpdateNote(path, suite, method, "appended", f"{samples} sample(s); {_moved(old, entry)}"))
                 elif mode == "all":
-                    if old.get("fingerprint") == entry.get("fingerprint"):  # a -k run keeps the other checks
-                        entry = {**entry, "checks": {**(old.get("checks") or {}), **entry.get("checks", {})}}
                     methods[method] = entry
-                    notes.append(UpdateNote(path, suite, method, "replaced", _moved(old, entry)))
+                    notes.append(UpdateNote(path, suite, method, "replaced",
+                                            f"new fingerprint, its samples start again; {_moved(old, entry)}"))
                 else:
                     notes.append(UpdateNote(path, suite, method, "kept", "already has a baseline"))
             merged["methods"] = methods
-            if any(n.path == path and n.action in ("added", "replaced") for n in notes):
+            written = {n.method: n.action for n in notes if n.path == path and n.action in _WRITES}
+            if written:
+                history = list((existing or {}).get("runs") or [])
+                history.append({"run": (history[-1]["run"] + 1) if history else 1, "written": _now(), "methods": written})
+                merged["runs"] = history[-MAX_SAMPLES:]  # the append-only log, as long as the samples
                 write_atomic(path, dumps_readable(merged))
         return notes
+
+
+_WRITES = ("added", "replaced", "appended")
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _appended(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new``'s entry with every metric's samples after ``old``'s (the last MAX_SAMPLES kept);
+    metrics and checks this run did not measure keep their old values."""
+    metrics = {name: dict(m) for name, m in (old.get("metrics") or {}).items()}
+    for name, metric in (new.get("metrics") or {}).items():
+        before = (metrics.get(name) or {}).get("samples") or []
+        metrics[name] = {**metric, "samples": (list(before) + list(metric.get("samples") or []))[-MAX_SAMPLES:]}
+    checks = {**(old.get("checks") or {}), **(new.get("checks") or {})}
+    return {**new, "metrics": metrics, "checks": checks}
 
 
 def _moved(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

@@ -42,7 +42,7 @@ __all__ = [
 
 
 def _record(ctx: CheckContext, name: str, value: float, unit: str) -> None:
-    ctx.artifact().record["metrics"][name] = {"value": value, "unit": unit}
+    ctx.metrics[name] = {"value": value, "unit": unit}  # returned in the Measurement (issue 14)
 
 
 def _effect(ctx: CheckContext, tol: Tolerance, what: str) -> tuple[Diff, list[str]]:

@@ -37,7 +37,7 @@ __all__ = ["merge_equivalence", "unmerge_restores", "disable_equals_base", "merg
 
 
 def _record(ctx: CheckContext, name: str, value: float, unit: str) -> None:
-    ctx.artifact().record["metrics"][name] = {"value": value, "unit": unit}
+    ctx.metrics[name] = {"value": value, "unit": unit}  # returned in the Measurement (issue 14)
 
 
 def _record_diffs(ctx: CheckContext, prefix: str, diffs: dict[str, Diff], tol: Tolerance) -> None:

@@ -125,7 +125,7 @@ def multi_adapter_merge(ctx: CheckContext, params: MultiAdapterParams) -> Measur
         if not tol.differs(diff):
             problems.append(f"{what}: equal ({diff}), so one adapter did nothing and the merges prove nothing")
     furthest = worst(diffs, tol)
-    artifact.record["metrics"]["multi_adapter_max_abs_diff"] = {"value": furthest.max_abs, "unit": "logits"}
+    ctx.metrics["multi_adapter_max_abs_diff"] = {"value": furthest.max_abs, "unit": "logits"}
     return Measurement(
         passed=not problems,
         value=judged(furthest, tol),

@@ -151,7 +151,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
         problems.append(f"the adapter's output equals the base's ({effect}): the reload proves nothing")
 
     mib = size / 2**20
-    metrics = artifact.record["metrics"]
+    metrics = ctx.metrics  # returned in the Measurement (issue 14)
     metrics["checkpoint_size_mib"] = {"value": mib, "unit": "MiB"}
     if reload is not None:
         metrics["reload_max_abs_diff"] = {"value": reload.max_abs, "unit": "logits"}

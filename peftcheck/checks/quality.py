@@ -187,13 +187,13 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
             f"generate() disagrees with the model's own forward pass: {agreement:.2f} of the generated "
             f"tokens are its greedy choice (< {min_agreement:g}; first at {diverges})"
         )
-    record = artifact.record
+    metrics = ctx.metrics  # returned in the Measurement with the samples (issue 14)
     for name, value in scores_after.items():
-        record["metrics"][f"generation_{name}"] = {"value": value, "unit": "score"}
-        record["metrics"][f"generation_{name}_before"] = {"value": scores_before[name], "unit": "score"}
-    record["metrics"]["generation_greedy_agreement"] = {"value": agreement, "unit": "fraction"}
+        metrics[f"generation_{name}"] = {"value": value, "unit": "score"}
+        metrics[f"generation_{name}_before"] = {"value": scores_before[name], "unit": "score"}
+    metrics["generation_greedy_agreement"] = {"value": agreement, "unit": "fraction"}
     refs = references or [None] * len(prompts)
-    record["samples"] = [
+    ctx.samples[:] = [
         {"prompt": p, "before": b, "after": a, "reference": r} for p, b, a, r in zip(prompts, before, after, refs)
     ]
     bounds = [f"{params.metric} >= {params.min}" if params.min is not None else "",
@@ -255,7 +255,7 @@ def forgetting(ctx: CheckContext, params: ForgettingParams) -> Measurement:
     base_ppl = base.memo[key]
     ppl = perplexity(artifact.model, tokens, artifact.collate, device=base.device)
     ratio = ppl / base_ppl
-    metrics = artifact.record["metrics"]
+    metrics = ctx.metrics  # returned in the Measurement (issue 14)
     metrics["unrelated_perplexity"] = {"value": ppl, "unit": "ppl"}
     metrics["base_unrelated_perplexity"] = {"value": base_ppl, "unit": "ppl"}
     metrics["forgetting_ratio"] = {"value": ratio, "unit": "ratio to base"}

@@ -27,7 +27,7 @@ __all__ = [
     "split_params",
 ]
 
-Outcome = Literal["passed", "failed", "skipped", "error"]
+Outcome = Literal["passed", "failed", "skipped", "error", "xfailed", "xpassed"]
 
 
 class CheckParams(BaseModel):
@@ -100,6 +100,10 @@ class Measurement:
     message: str
     unit: str | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # name -> {"value", "unit"}: what the check measured besides ``value``; the Session adds them
+    # to the method's record, so no check writes into a shared dict (issue 14)
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generated texts
 
 
 class NotApplicable(Exception):
@@ -117,13 +121,17 @@ class Check:
     needs_training: bool = False
 
     def run(self, ctx: "CheckContext", params: CheckParams) -> Measurement:
+        """The check's Measurement, with the metrics and samples it put on ``ctx``."""
         # one place for every check that measures training (issue 15): an artifact was trained elsewhere
         if self.needs_training and getattr(ctx.spec, "adapter", None) is not None:
             raise NotApplicable(
                 f"{self.name} measures peftcheck's own training run; methods.{ctx.method} is a saved adapter "
                 "(artifact mode), trained elsewhere"
             )
-        return self.func(ctx, params)
+        measurement = self.func(ctx, params)
+        measurement.metrics = {**ctx.metrics, **measurement.metrics}
+        measurement.samples = measurement.samples or list(ctx.samples)
+        return measurement
 
 
 CHECKS: dict[str, Check] = {}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from peftcheck.baseline import BaselineStore, Comparison, MetricSpecs
+from peftcheck.baseline import BaselineStore, Comparison, MetricSpecs, RegressionRule
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ def _missing(params: NoRegressionParams, reason: str, details: dict[str, Any]) -
 
 @register_check("no_regression", params=NoRegressionParams)
 def no_regression(ctx: "CheckContext", params: NoRegressionParams) -> Measurement:
-    """No recorded metric is worse than the stored baseline by more than its tolerance."""
+    """No recorded metric is worse than the stored baseline by more than its tolerance.
+
+    Runs after the method's other checks (Session.arrange), whose metrics it compares too."""
     record = ctx.method_record()
     suite, method = ctx.suite.spec.suite, ctx.method
     store = BaselineStore(baseline_root(ctx.option("peftcheck_baseline")))
@@ -88,14 +90,15 @@ def no_regression(ctx: "CheckContext", params: NoRegressionParams) -> Measuremen
     if comparisons is None:
         return _missing(params, f"{match.path} has no entry for method {method!r}", details)
     details["comparisons"] = [c.as_dict() for c in comparisons]
-    regressions = [c for c in comparisons if c.status == "regressed"]
-    absent = [c for c in comparisons if params.metrics is not None and c.current is None]
+    judged = RegressionRule.judged(comparisons)  # the same rule the report applies (issue 14)
+    regressions = [c for c in judged if c.status == "regressed"]
+    absent = [c for c in judged if params.metrics is not None and c.current is None]
     return Measurement(
         passed=not regressions and not absent,
         value=float(len(regressions)),
         bound="0 regressions",
         unit="regressions",
-        message=_message(comparisons, regressions, absent, match.note),
+        message=_message(judged, regressions, absent, match.note),
         details=details,
     )
 

@@ -19,8 +19,8 @@ from peftcheck.context import CheckContext
 Phase = Literal["total", "load", "adapt", "train_step", "save", "merge"]
 
 
-def _put(artifact: Any, name: str, value: float, unit: str) -> None:
-    artifact.record.setdefault("metrics", {})[name] = {"value": value, "unit": unit}
+def _put(ctx: CheckContext, name: str, value: float, unit: str) -> None:
+    ctx.metrics[name] = {"value": value, "unit": unit}  # returned in the Measurement (issue 14)
 
 
 def _within(value: float, low: float | None, high: float | None) -> bool:
@@ -92,7 +92,7 @@ def memory_footprint(ctx: CheckContext, params: MemoryFootprintParams) -> Measur
     artifact = ctx.artifact()
     own = _footprint_of(artifact, params.part)
     mib = own.total_mib
-    _put(artifact, "footprint_mib" if params.part == "model" else "base_footprint_mib", mib, "MiB")
+    _put(ctx, "footprint_mib" if params.part == "model" else "base_footprint_mib", mib, "MiB")
     details: dict[str, Any] = {"part": params.part, **own.as_dict()}
     problems, value, unit, bounds = [], mib, "MiB", []
     if params.max_mib is not None:
@@ -105,7 +105,7 @@ def memory_footprint(ctx: CheckContext, params: MemoryFootprintParams) -> Measur
         else:
             ref_mib, ref_name = _footprint_of(ctx.other(params.relative_to), params.part).total_mib, params.relative_to
         value, unit = mib / ref_mib, f"ratio to {params.relative_to}"
-        _put(artifact, f"footprint_ratio_to_{params.relative_to}", value, unit)
+        _put(ctx, f"footprint_ratio_to_{params.relative_to}", value, unit)
         details.update(reference=ref_name, reference_mib=ref_mib)
         bounds.append(f"footprint <= {params.max_ratio:g} x {params.relative_to}")
         if value > params.max_ratio:
@@ -178,7 +178,7 @@ def quantization_savings(ctx: CheckContext, params: QuantizationSavingsParams) -
         problems.append(f"saved {saved / 2**20:.1f} MiB, {ratio:.3f} x the {should_save / 2**20:.1f} MiB {quantization} should save")
     if bad_adapter:
         problems.append(f"adapter weights not in {params.adapter_dtypes}: {dict(list(bad_adapter.items())[:3])}")
-    _put(artifact, "quantization_saved_mib", saved / 2**20, "MiB")
+    _put(ctx, "quantization_saved_mib", saved / 2**20, "MiB")
     return Measurement(
         passed=not problems, value=ratio, bound=f"|saved / expected - 1| <= {params.margin:g}", unit="saved / expected",
         message="; ".join(problems) or (
@@ -223,19 +223,21 @@ class PeakMemoryParams(CheckParams):
         return self
 
 
-def _peaks(artifact: Any, params: PeakMemoryParams) -> dict[str, Any]:
-    """The child-process measurement of ``artifact``'s method, run once per step count."""
+def _peaks(artifact: Any, params: PeakMemoryParams, ctx: CheckContext | None = None) -> dict[str, Any]:
+    """The child-process measurement of ``artifact``'s method, run once per step count; its
+    figures go into ``ctx``'s Measurement (a reference's own check records the reference's)."""
     from peftcheck.resources import peak
 
     key = f"peak:{params.steps}"
     if key not in artifact.memo:
-        result = peak.probe(artifact.suite, artifact.method, steps=params.steps, timeout_s=params.timeout_s)
-        artifact.memo[key] = result
+        artifact.memo[key] = peak.probe(artifact.suite, artifact.method, steps=params.steps, timeout_s=params.timeout_s)
+    result = artifact.memo[key]
+    if ctx is not None:
         unit = "MiB (CUDA allocated)" if result["device"] == "cuda" else "MiB (RSS growth)"
         for name, figures in [*result["phases"].items(), ("total", result["total"])]:
             if "peak_mib" in figures:
-                _put(artifact, f"peak_{name}_mib", figures["peak_mib"], unit)
-    return artifact.memo[key]
+                _put(ctx, f"peak_{name}_mib", figures["peak_mib"], unit)
+    return result
 
 
 def _phase_peaks(result: dict[str, Any]) -> dict[str, float]:
@@ -249,7 +251,7 @@ def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
 
     The value is the first phase's figure: of max_ratio if given (a ratio), else of max_mib."""
     artifact = ctx.artifact()
-    result = _peaks(artifact, params)
+    result = _peaks(artifact, params, ctx)
     own = _phase_peaks(result)
     skipped = {k: v["not_applicable"] for k, v in result["phases"].items() if "not_applicable" in v}
     bounded = {*params.max_mib, *params.max_ratio}
@@ -272,7 +274,7 @@ def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
                 continue
             ratio = own[phase] / ref[phase] if ref[phase] > 0 else float("inf")
             unit = f"ratio to {params.reference}"
-            _put(artifact, f"peak_{phase}_ratio_to_{params.reference}", ratio, unit)
+            _put(ctx, f"peak_{phase}_ratio_to_{params.reference}", ratio, unit)
             bounds.append(f"{phase} <= {limit:g} x {params.reference}")
             value = ratio if value is None else value
             if ratio > limit:
@@ -358,10 +360,10 @@ def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measur
         )  # fmt: skip
     del merged, unmerged, base, arms
     figures = {a: timings.summary(a, "base") for a in timings.times if a != "base"}
-    _put(artifact, "latency_base_ms", timings.per_call_s("base") * 1e3, "ms")
+    _put(ctx, "latency_base_ms", timings.per_call_s("base") * 1e3, "ms")
     for arm, summary in figures.items():
-        _put(artifact, f"latency_{arm}_ratio", summary["ratio_median"], "ratio to base")
-        _put(artifact, f"latency_{arm}_ms", timings.per_call_s(arm) * 1e3, "ms")
+        _put(ctx, f"latency_{arm}_ratio", summary["ratio_median"], "ratio to base")
+        _put(ctx, f"latency_{arm}_ms", timings.per_call_s(arm) * 1e3, "ms")
     problems, bound = [], []
     if "merged" in figures:
         value, unit = figures["merged"]["ratio_median"], "merged/base latency"
@@ -426,8 +428,8 @@ def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     summary = timings.summary("own", "reference", scale=scale, invert=True)
     ratio, (lo, hi) = summary["ratio_median"], summary["ratio_ci95"]
     own_tps, ref_tps = own_tokens / timings.per_call_s("own"), ref_tokens / timings.per_call_s("reference")
-    _put(artifact, "train_tokens_per_s", own_tps, "tokens/s")
-    _put(artifact, f"throughput_ratio_to_{params.reference}", ratio, f"ratio to {params.reference}")
+    _put(ctx, "train_tokens_per_s", own_tps, "tokens/s")
+    _put(ctx, f"throughput_ratio_to_{params.reference}", ratio, f"ratio to {params.reference}")
     untrained = [
         f"{method}'s training step gives no gradient to any of its {total} trainable tensors: "
         "its tokens/s times a step that trains nothing"

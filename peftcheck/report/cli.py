@@ -31,7 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "failed or regressed, 1 something did, 2 bad arguments.",
     )
     parser.add_argument("results", nargs="+", type=parse_results_file, metavar="RESULTS",
-                        help="results files written by pytest (--peftcheck-results)")
+                        help="results files written by pytest (--peftcheck-results); the shards of one "
+                        "--peftcheck-shard run are merged into one run")
     add_options(parser.add_argument, prefix="--", report_flags=["-o", "--output"],
                 baseline_default="./baselines when it exists")
     parser.set_defaults(func=run)
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``peftcheck report``; returns the exit status."""
     from peftcheck.record import read_records
     from peftcheck.report.publish import publish
+    from peftcheck.shard import merge_shards
 
     if args.report is None and args.summary is None and args.update_baseline is None:
         print("peftcheck report: nothing to write; give -o FILE, --summary FILE or --update-baseline",
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         baseline = Path("baselines")
     if args.update_baseline and baseline is None:
         baseline = Path("baselines")
-    runs = [(str(path), read_records(path)) for path in args.results]
+    # the shards of one CI matrix (--peftcheck-shard) are one run; other files stay runs of their own
+    runs = merge_shards((str(path), read_records(path)) for path in args.results)
     published = publish(runs, html=args.report, summary=args.summary, baseline=baseline,
                         update=args.update_baseline)
     for line in published.lines():

@@ -15,7 +15,7 @@ from peftcheck.report.markdown import _SPECIAL
 
 __all__ = ["render_grid", "add_parser"]
 
-CELL = {"passed": "✓", "failed": "✗", "error": "✗", "skipped": "–"}
+CELL = {"passed": "✓", "xpassed": "✓", "failed": "✗", "error": "✗", "skipped": "–"}
 
 
 def _text(value: Any) -> str:

@@ -12,10 +12,9 @@ from peftcheck.baseline import (
     BaselineMatch,
     BaselineStore,
     Comparison,
-    MetricSpecs,
+    RegressionRule,
     UpdateNote,
     as_float,
-    compare_metrics,
 )
 from peftcheck.report.timing import MethodTiming, SlowItem, SuiteTiming, method_timing, seconds, slowest, suite_timing
 
@@ -212,7 +211,7 @@ class Report:
 
     @property
     def hint(self) -> str:
-        if any(u.action in ("added", "replaced") for u in self.updates):
+        if any(u.action in ("added", "replaced", "appended") for u in self.updates):
             return f"Baselines were written: review the diff of {self.baseline_root} and commit it."
         if any(p.kind == "regression" for p in self.regressions):
             return (
@@ -228,6 +227,8 @@ class Report:
 
 def _outcome(record: Mapping[str, Any]) -> Outcome:
     outcome = str(record.get("outcome") or "error")
+    if outcome in ("xfailed", "xpassed"):  # records since issue 14 say so themselves
+        return outcome  # type: ignore[return-value]
     if record.get("xfail"):
         if outcome in ("skipped", "failed"):
             return "xfailed"
@@ -244,15 +245,6 @@ def _curve(points: Any) -> list[Point]:
             if x is not None and y is not None:
                 curve.append((x, y))
     return curve
-
-
-def _specs(details: Mapping[str, Any]) -> MetricSpecs:
-    """The no_regression item's own tolerances, so the report agrees with the check."""
-    params = details.get("params") or {}
-    try:
-        return MetricSpecs.from_raw(params.get("tolerance"), params.get("direction"))
-    except (ValueError, AttributeError):
-        return MetricSpecs()
 
 
 def _cell(record: Mapping[str, Any], baseline_checks: Mapping[str, Any]) -> Cell:
@@ -285,10 +277,10 @@ def _method(
     entry = match.method(name) if match else None
     cells = {c.check: c for c in (_cell(r, (entry or {}).get("checks") or {}) for r in checks)}
     regression_details = next((r.get("details") or {} for r in checks if r.get("check") == "no_regression"), {})
-    metrics = compare_metrics(
+    # no_regression's own rule (metrics, ignore, tolerance, direction): the page agrees with the check
+    metrics = RegressionRule.from_params(regression_details.get("params")).compare(
         record.get("metrics") or {},
         (entry or {}).get("metrics") or {},
-        specs=_specs(regression_details),
         same_device=match.same_device if match else True,
     )
     return MethodReport(

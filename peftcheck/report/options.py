@@ -11,6 +11,7 @@ __all__ = [
     "UPDATE_MODES",
     "add_options",
     "parse_output_path",
+    "output_path",
     "parse_baseline_dir",
     "parse_update_mode",
 ]
@@ -94,6 +95,15 @@ def add_options(
         default=None,
         metavar="{all,missing}",
         help="write this run's measurements into the baseline store: 'missing' adds what has no "
-        "baseline yet, 'all' also replaces existing entries; methods that did not run are kept "
+        "baseline yet, 'all' also appends this run to existing entries as one more sample (a changed "
+        "method fingerprint starts its entry again); methods that did not run are kept "
         "(default: never write).",
     )
+
+
+def output_path(config: Any, value: str | Path) -> Path:
+    """A file peftcheck writes: a relative path is under the directory pytest was run from.
+
+    Not the rootdir: ``pytest /some/where/suite.yaml`` would write into the suite's folder
+    (issue 17)."""
+    return Path(config.invocation_params.dir) / value

@@ -1,11 +1,9 @@
-"""pytest plugin: the HTML report, the Markdown summary and the baseline store at session end."""
+"""pytest plugin: the report and baseline options; the core Session publishes through
+``ReportSession`` at session end, from the records it holds (issue 14: no file re-read)."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,8 +11,7 @@ from typing import Any, final
 
 import pytest
 
-from peftcheck.report.options import add_options
-from peftcheck.session import output_path
+from peftcheck.report.options import add_options, output_path
 
 __all__ = ["ReportSession"]
 
@@ -24,7 +21,7 @@ DEFAULT_BASELINE_DIR = "baselines"
 @final
 @dataclasses.dataclass
 class ReportSession:
-    """Reads the session's results file once the core has closed it, and publishes from it."""
+    """Publishes the core Session's records: the report, the summary, the baseline update."""
 
     results: Path | None
     html: Path | None
@@ -62,34 +59,8 @@ class ReportSession:
     def wanted(self) -> bool:
         return bool(self.html or self.summary or self.update)
 
-    def _runs(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        from peftcheck.record import read_records
-
-        if self.results is None or not self.results.is_file():
-            return []
-        if self.results.stat().st_mtime < self.started - 1:  # left over from an earlier session
-            return []
-        records = read_records(self.results)
-        if not records or not self._ours(records[0]):
-            return []
-        if not any(r.get("kind") in ("method", "check") for r in records):
-            return []
-        return [(str(self.results), records)]
-
-    def _ours(self, session: dict[str, Any]) -> bool:
-        """The file was written by this process's session, not a concurrent or earlier one."""
-        if session.get("kind") != "session":
-            return False
-        if "pid" in session:
-            return bool(session["pid"] == os.getpid())
-        try:
-            started = datetime.datetime.fromisoformat(str(session.get("started"))).timestamp()
-        except ValueError:
-            return False
-        return started >= int(self.started) - 1 and session.get("argv") == sys.argv
-
-    def finish(self) -> None:
-        runs = self._runs()
+    def finish(self, runs: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Publish the records the core Session hands over (it alone holds them; issue 14)."""
         if not runs and not self.wanted:
             return
         if not runs:
@@ -114,29 +85,5 @@ class ReportSession:
                 terminal.write_line(line)
 
 
-_SESSION = pytest.StashKey[ReportSession]()
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser.getgroup("peftcheck").addoption, prefix="--peftcheck-", dest_prefix="peftcheck_")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):  # xdist workers leave publishing to the controller
-        config.stash[_SESSION] = ReportSession.from_config(config)
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    report = config.stash.get(_SESSION, None)
-    return report.header() if report is not None else []
-
-
-@pytest.hookimpl(trylast=True)  # after the core plugin has closed the results file
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if (report := session.config.stash.get(_SESSION, None)) is not None:
-        report.finish()
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if (report := config.stash.get(_SESSION, None)) is not None:
-        report.summarize(terminalreporter)

@@ -12,7 +12,7 @@ from peftcheck.report.html import write_html
 from peftcheck.report.markdown import write_markdown
 from peftcheck.report.model import Report, build_report
 
-__all__ = ["Published", "publish"]
+__all__ = ["Published", "publish", "unused_baselines"]
 
 Run = tuple[str, Sequence[Mapping[str, Any]]]
 MAX_LINES = 10  # regressions named in the terminal; the report has all of them
@@ -26,6 +26,7 @@ class Published:
     html: Path | None
     summary: Path | None
     updates: list[UpdateNote]
+    unused: list[str] = dataclasses.field(default_factory=list)
 
     def lines(self) -> list[str]:
         report = self.report
@@ -54,6 +55,7 @@ class Published:
         if self.summary:
             lines.append(f"summary: {self.summary}")
         lines += [f"baseline update: {note}" for note in self.updates]
+        lines += [f"baseline not used by this run: {text}" for text in self.unused]
         if report.suites:
             lines.append(report.hint)
         return lines
@@ -78,8 +80,30 @@ def publish(
     if store is not None and update is not None:
         notes = store.update(collect_entries(r for _, records in runs for r in records), update)
     report.updates = notes
+    unused = unused_baselines(store, report) if store is not None else []
     if html is not None:
         write_html(report, html)
     if summary is not None:
         write_markdown(report, summary, html_path=str(html) if html else None)
-    return Published(report, html, summary, notes)
+    return Published(report, html, summary, notes, unused)
+
+
+def unused_baselines(store: BaselineStore, report: Report) -> list[str]:
+    """Baselines of this run's environments that nothing in it compared with: files of suites
+    that did not run, and methods of the files it used that did not run (issue 14). Said, never
+    judged: a -k run leaves most of them out on purpose."""
+    used: dict[Path, set[str]] = {}
+    for suite in report.suites:
+        if suite.baseline is not None:
+            used.setdefault(Path(suite.baseline.path), set()).update(m.method for m in suite.methods)
+    lines = []
+    for key in sorted({suite.run.env_key for suite in report.suites}):
+        for path in sorted((store.root / key).glob("*.json")):
+            data = store.read(path)
+            if data is None:
+                continue
+            if path not in used:
+                lines.append(f"{path} (suite {data.get('suite') or path.stem} did not run)")
+            elif missing := sorted(set(data.get("methods") or {}) - used[path]):
+                lines.append(f"{path}: {', '.join(missing)} (did not run)")
+    return lines

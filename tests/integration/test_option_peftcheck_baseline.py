@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,21 @@ FIXTURES = ROOT / "fixtures" / "results"
 KEY = "cpu-torch2.13.0-transformers5.24.0-peft0.21.2-bnbnone"  # the environment of the fixture runs
 
 
+REPLAY = """
+import json, pytest
+from peftcheck.session import SESSION_KEY
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    with open({path!r}, encoding="utf-8") as handle:
+        session.config.stash[SESSION_KEY].add_records([json.loads(line) for line in handle if line.strip()])
+"""
+
+
 def session_measured(pytester: pytest.Pytester, run: str) -> None:
-    """As if this session had written ``run`` to the default results file."""
-    results = pytester.path / "reports" / "results.jsonl"
-    results.parent.mkdir(exist_ok=True)
-    lines = (FIXTURES / f"{run}.jsonl").read_text(encoding="utf-8").splitlines()
-    session = {**json.loads(lines[0]), "pid": os.getpid()}  # written by this (in-process) session
-    results.write_text("\n".join([json.dumps(session), *lines[1:]]) + "\n", encoding="utf-8")
+    """As if this session's items had measured the fixture ``run`` (issue 14: the Session holds
+    the records; nothing is read back from a results file)."""
+    pytester.makeconftest(REPLAY.format(path=str(FIXTURES / f"{run}.jsonl")))
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,21 @@ def session_results(pytester: pytest.Pytester) -> Path:
     """A directory whose session 'measured' the fixture run: results in the default place."""
     results = pytester.path / "reports" / "results.jsonl"
     results.parent.mkdir()
-    lines = (FIXTURES / "regressed.jsonl").read_text(encoding="utf-8").splitlines()
-    session = json.loads(lines[0])  # as the core writes it for this (in-process) session
-    session.update(argv=sys.argv, started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    results.write_text("\n".join([json.dumps(session), *lines[1:]]) + "\n", encoding="utf-8")
+    shutil.copy(FIXTURES / "regressed.jsonl", results)  # what an earlier session left there
+    pytester.makeconftest(REPLAY.format(path=str(FIXTURES / "regressed.jsonl")))
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
     return results
+
+
+REPLAY = """
+import json, pytest
+from peftcheck.session import SESSION_KEY
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):  # this session 'measured' the fixture run (issue 14)
+    with open({path!r}, encoding="utf-8") as handle:
+        session.config.stash[SESSION_KEY].add_records([json.loads(line) for line in handle if line.strip()])
+"""
 
 
 def test_report_and_summary_are_written(pytester: pytest.Pytester, session_results: Path) -> None:
@@ -56,26 +64,23 @@ def test_relative_paths_are_under_the_invocation_dir(pytester: pytest.Pytester, 
 
 
 def test_results_left_from_an_earlier_session_are_not_reported(pytester: pytest.Pytester, session_results: Path) -> None:
-    os.utime(session_results, (1_000_000_000, 1_000_000_000))
+    # the file holds a full run, even this process's pid; a session that measured nothing reports
+    # nothing and leaves it alone (issue 14: the report is built from the Session's records)
+    (pytester.path / "conftest.py").unlink()
+    lines = session_results.read_text(encoding="utf-8").splitlines()
+    session_results.write_text("\n".join([json.dumps({**json.loads(lines[0]), "pid": os.getpid()}), *lines[1:]]) + "\n")
+    before = session_results.read_text(encoding="utf-8")
     result = pytester.runpytest("--peftcheck-report", "r.html", "-W", "default")
     result.stdout.fnmatch_lines(["*peftcheck: no results in *results.jsonl; writing an empty report*"])
     assert "No suite items were recorded" in (pytester.path / "r.html").read_text(encoding="utf-8")
-
-
-def test_results_of_another_session_are_not_reported(pytester: pytest.Pytester, session_results: Path) -> None:
-    lines = session_results.read_text(encoding="utf-8").splitlines()
-    session = json.loads(lines[0])
-    session["argv"] = ["pytest", "suites/", "-p", "no:peftcheck_report"]  # a neighbour's concurrent run
-    session_results.write_text("\n".join([json.dumps(session), *lines[1:]]) + "\n", encoding="utf-8")
-    result = pytester.runpytest("--peftcheck-report", "r.html", "-W", "default")
-    result.stdout.fnmatch_lines(["*peftcheck: no results in *results.jsonl; writing an empty report*"])
+    assert session_results.read_text(encoding="utf-8") == before
 
 
 def test_without_options_nothing_is_written(pytester: pytest.Pytester, session_results: Path) -> None:
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     assert sorted(p.name for p in pytester.path.iterdir() if not p.name.startswith((".", "__"))) == [
-        "reports", "test_plain.py"]
+        "conftest.py", "reports", "test_plain.py"]
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def test_sound_checkpoint_is_complete_small_and_reloads_exactly(sound: Any, meth
         assert 0.0 <= details["reload"]["max_abs"] <= 1e-5
     else:
         assert details["reload"]["max_abs"] == 0.0
-    metrics = pipeline.artifact(loaded, method).record["metrics"]
+    metrics = measurement.metrics
     assert metrics["checkpoint_size_mib"]["value"] == pytest.approx(details["size_bytes"] / 2**20)
 
 
