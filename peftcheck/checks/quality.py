@@ -158,6 +158,12 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     metric = resolve(params.metric)
     if params.prompts is not None:
         prompts, references = list(params.prompts), params.references
+    elif ctx.suite.spec.data.format != "text":  # issue 15: the prompt column, or the conversation so far
+        from peftcheck.data import held_out_prompts
+
+        rows = artifact.data.raw_eval if artifact.data.raw_eval is not None else artifact.data.raw_train
+        pairs = held_out_prompts(rows, artifact.data.tokenizer, ctx.suite.spec.data, params.samples)
+        prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     else:
         pairs = [split_prompt(t, params.prompt_fraction) for t in held_out_texts(ctx, params.samples)]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
