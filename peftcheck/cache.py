@@ -77,12 +77,25 @@ class TrainedArtifact:
         return self.base.device
 
 
+# issue 15's fields, left out of the fingerprint at their defaults so older baselines still match
+_NEW_DATA_FIELDS = ("format", "prompt_field", "completion_field", "messages_field", "loss", "chat_template")
+
+
 def fingerprint(suite: LoadedSuite, method: str) -> str:
+    from peftcheck.spec import DataSpec
+
     spec = suite.spec
+    data, mdump = spec.data.model_dump(), spec.methods[method].model_dump()
+    for key in _NEW_DATA_FIELDS:
+        if data[key] == DataSpec.model_fields[key].default:
+            del data[key]
+    mdump.pop("trainer", None)
     payload = {
-        "model": spec.model, "dtype": spec.dtype, "data": spec.data.model_dump(),
-        "train": spec.train_args(method), "method": spec.methods[method].model_dump(),
+        "model": spec.model, "dtype": spec.dtype, "data": data,
+        "train": spec.train_args(method), "method": mdump,
     }  # fmt: skip
+    if spec.trainer_of(method) != "hf":
+        payload["trainer"] = spec.trainer_of(method)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

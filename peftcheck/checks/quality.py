@@ -69,6 +69,12 @@ def held_out_texts(ctx: CheckContext, count: int) -> list[str]:
     spec = ctx.suite.spec.data
     split = spec.eval_split or spec.split
     raw = load_split(spec.dataset, split, base_dir=Path(ctx.suite.path).parent)
+    if spec.format != "text":  # issue 15: a prompt and its completion, as the model reads them
+        from peftcheck.data import held_out_prompts
+
+        tokenizer = ctx.artifact().data.tokenizer
+        texts = [p + r for p, r in held_out_prompts(raw, tokenizer, spec, count)]
+        return [t for t in texts if len(t.split()) >= 2]
     texts = [str(t) for t in raw[spec.text_field]]
     return [t for t in texts if len(t.split()) >= 2][:count]
 
