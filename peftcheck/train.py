@@ -205,10 +205,20 @@ class SftRun:
             "max_length": data_spec.max_length, "completion_only_loss": scope == "completion_only",
             "assistant_only_loss": scope == "assistant_only", "dataset_text_field": "text",
         }  # fmt: skip
-        trainer = SFTTrainer(
-            model=model, args=SFTConfig(**{**defaults, **args}), train_dataset=sft_rows(data.raw_train, data_spec),
-            processing_class=copy.deepcopy(data.tokenizer), peft_config=config,
-        )  # fmt: skip
+        try:
+            trainer = SFTTrainer(
+                model=model, args=SFTConfig(**{**defaults, **args}), train_dataset=sft_rows(data.raw_train, data_spec),
+                processing_class=copy.deepcopy(data.tokenizer), peft_config=config,
+            )  # fmt: skip
+        except (ValueError, RuntimeError) as exc:  # TRL refuses a template without generation markers (PR #4201)
+            workdir.cleanup()
+            if scope == "assistant_only" and "generation" in str(exc):
+                raise SuiteError(
+                    f"SFTTrainer refused the chat template for assistant_only loss: {exc}", field="data.chat_template",
+                    hint="give data.chat_template a template with a {% generation %} block around each assistant "
+                    "turn, e.g. fixtures/smollm2_chat_generation.jinja",
+                ) from None  # fmt: skip
+            raise
         trainer.data_collator = _CountingCollator(trainer.data_collator, result)
         result.train_dataset = trainer.train_dataset
         peft_model = trainer.model

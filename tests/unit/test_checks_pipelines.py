@@ -177,3 +177,25 @@ def test_sft_reports_the_effective_peft_config(files: dict[str, str], tmp_path: 
     assert artifact.config.trainable_token_indices["embed_tokens"]
     ratio = run_check(pipeline, loaded, "lora_sft", "trainable_ratio", max=1.0)
     assert ratio.details["trainable"] == artifact.record["trainable_params"]
+
+
+def test_sft_refuses_a_template_without_generation_block_with_a_located_error(files: dict[str, str]) -> None:
+    """The same planted template through SFTTrainer: TRL refuses it (trl PR #4201), and the item
+    says where to fix it instead of showing a traceback."""
+    from peftcheck.errors import SuiteError
+
+    pipeline, loaded = quiet_pipeline(), load(chat_suite(files, "nogen.jinja", "sft"))
+    with pytest.raises(SuiteError) as info:
+        pipeline.artifact(loaded, "lora")
+    assert info.value.field == "data.chat_template" and info.value.line is not None
+    assert "generation" in info.value.message
+
+
+def test_generation_and_contract_checks_read_prompt_completion_rows(prompt_completion: Any) -> None:
+    pipeline, loaded = prompt_completion
+    measurement = run_check(pipeline, loaded, "lora", "generation", samples=2, max_new_tokens=4, max_drop=None)
+    samples = pipeline.artifact(loaded, "lora").record["samples"]
+    assert [s["prompt"] for s in samples] == ["red:", "sky:"] and samples[0]["reference"] == " apple pie"
+    assert measurement.value is not None
+    disable = run_check(pipeline, loaded, "lora", "generate_after_disable", samples=2, max_new_tokens=4)
+    assert disable.value is not None or disable.message
