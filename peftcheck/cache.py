@@ -50,6 +50,9 @@ class SuiteData:
     train: Any
     eval: Any | None
     eval_texts: list[str]
+    raw_train: Any = None  # the untokenized rows: TRL's SFTTrainer tokenizes them itself (issue 15)
+    raw_eval: Any = None
+    tokenizer: Any = None  # the base's, or a copy with the suite's data.chat_template
 
 
 @dataclasses.dataclass
@@ -74,12 +77,25 @@ class TrainedArtifact:
         return self.base.device
 
 
+# issue 15's fields, left out of the fingerprint at their defaults so older baselines still match
+_NEW_DATA_FIELDS = ("format", "prompt_field", "completion_field", "messages_field", "loss", "chat_template")
+
+
 def fingerprint(suite: LoadedSuite, method: str) -> str:
+    from peftcheck.spec import DataSpec
+
     spec = suite.spec
+    data, mdump = spec.data.model_dump(), spec.methods[method].model_dump()
+    for key in _NEW_DATA_FIELDS:
+        if data[key] == DataSpec.model_fields[key].default:
+            del data[key]
+    mdump.pop("trainer", None)
     payload = {
-        "model": spec.model, "dtype": spec.dtype, "data": spec.data.model_dump(),
-        "train": spec.train_args(method), "method": spec.methods[method].model_dump(),
+        "model": spec.model, "dtype": spec.dtype, "data": data,
+        "train": spec.train_args(method), "method": mdump,
     }  # fmt: skip
+    if spec.trainer_of(method) != "hf":
+        payload["trainer"] = spec.trainer_of(method)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,18 +146,20 @@ class Pipeline:
         key = (suite.path + "::" + suite.spec.suite, id(tokenizer))
         if key not in self._data:
             spec, base_dir = suite.spec.data, Path(suite.path).parent
+            tokenizer = data.suite_tokenizer(tokenizer, spec, base_dir=base_dir)
             raw = data.load_split(spec.dataset, spec.split, base_dir=base_dir)
-            train = data.tokenize(raw, tokenizer, text_field=spec.text_field, max_length=spec.max_length)
-            evaluation, texts = None, []
+            train = data.encode_split(raw, tokenizer, spec)
+            evaluation, raw_eval = None, None
             if spec.eval_split:
                 raw_eval = data.load_split(spec.dataset, spec.eval_split, base_dir=base_dir)
-                evaluation = data.tokenize(
-                    raw_eval, tokenizer, text_field=spec.text_field, max_length=spec.max_length
-                )
-                texts = [str(t) for t in raw_eval[spec.text_field][:4]]
-            else:
-                texts = [str(t) for t in raw[spec.text_field][:4]]
-            self._data[key] = SuiteData(train, evaluation, texts)
+                evaluation = data.encode_split(raw_eval, tokenizer, spec)
+            shown = raw_eval if raw_eval is not None else raw
+            if spec.format == "text":
+                texts = [str(t) for t in shown[spec.text_field][:4]]
+            else:  # the rendered rows, as the model reads them
+                encoded = evaluation if evaluation is not None else train
+                texts = [tokenizer.decode(row["input_ids"]) for row in encoded.select(range(min(4, len(encoded))))]
+            self._data[key] = SuiteData(train, evaluation, texts, raw, raw_eval, tokenizer)
         return self._data[key]
 
     def base_perplexity(self, suite: LoadedSuite, base: BaseHandle) -> float | None:
@@ -151,7 +169,8 @@ class Pipeline:
         suite_data = self.data(suite, base.tokenizer)
         if suite_data.eval is None:
             return None
-        key = f"ppl::{suite.spec.data.dataset}::{suite.spec.data.eval_split}::{suite.spec.data.max_length}"
+        d = suite.spec.data  # format, loss and template decide which tokens are scored (issue 15)
+        key = f"ppl::{d.dataset}::{d.eval_split}::{d.max_length}::{d.format}::{d.loss_scope}::{d.chat_template}"
         if key not in base.memo:
             collate = data_mod.collator(base.tokenizer)
             base.memo[key] = perplexity(base.model, suite_data.eval, collate, device=base.device)
@@ -220,24 +239,38 @@ class Pipeline:
         config = methods.build_config(mspec, name=method, max_steps=int(args["max_steps"]))
         base = self.base(suite, mspec.quantization)
         suite_data = self.data(suite, base.tokenizer)
-        collate = data_mod.collator(base.tokenizer)
+        collate = data_mod.collator(suite_data.tokenizer)
+        trainer = spec.trainer_of(method)
         live = MethodProgress.start(
             self.progress, f"{spec.suite}/{method}",
             detail=f"{type(config).__name__}, {mspec.quantization}, {args['max_steps']} steps",
         )  # fmt: skip
         set_seed(int(args["seed"]))
-        model = methods.apply_method(
-            copy.deepcopy(base.training_source), config, quantization=mspec.quantization, name=method
-        )
+        sft = None
+        if trainer == "sft":  # SFTTrainer applies the adapter itself and may change its config
+            from peftcheck.train import SftRun
+
+            sft = SftRun.build(
+                copy.deepcopy(base.training_source), config, suite_data, data_spec=spec.data, args=args,
+                device=base.device, quantization=mspec.quantization, method=method,
+            )  # fmt: skip
+            model, config = sft.model, sft.config  # the effective config: checks count from it
+        else:
+            model = methods.apply_method(
+                copy.deepcopy(base.training_source), config, quantization=mspec.quantization, name=method
+            )
         initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
         if not initial:
             raise PeftcheckError(f"{spec.suite}/{method}: the method made no parameter trainable")
         # the adapter as initialised, before any step: LoRA starts as the identity, a prefix does not
         init_ppl = None if suite_data.eval is None else perplexity(model, suite_data.eval, collate, device=base.device)
-        result = train_model(
-            model, suite_data.train, collate, args=args, device=base.device,
-            step_hook=methods.optimizer_step_hook(model), progress=live.step,
-        )  # fmt: skip
+        if sft is not None:
+            result = sft.train(step_hook=methods.optimizer_step_hook(model), progress=live.step)
+        else:
+            result = train_model(
+                model, suite_data.train, collate, args=args, device=base.device,
+                step_hook=methods.optimizer_step_hook(model), progress=live.step,
+            )  # fmt: skip
         trainable, total = methods.parameter_counts(model)
         metrics: dict[str, dict[str, Any]] = {
             "final_loss": {"value": result.loss_curve[-1][1] if result.loss_curve else None, "unit": "nats"},
@@ -254,7 +287,7 @@ class Pipeline:
             "kind": "method", "suite": spec.suite, "suite_file": suite.path, "method": method,
             "status": "trained", "error": None, "fingerprint": fingerprint(suite, method),
             "peft": mspec.peft if mspec.backend == "peft" else f"adapters:{mspec.config}",
-            "backend": mspec.backend, "quantization": mspec.quantization, "dtype": spec.dtype,
+            "backend": mspec.backend, "trainer": trainer, "quantization": mspec.quantization, "dtype": spec.dtype,
             "device": base.device, "loss_curve": result.loss_curve, "step_times_s": result.step_times_s,
             "train_time_s": result.train_time_s, "tokens_per_s": result.tokens_per_s,
             "trainable_params": trainable, "total_params": total, "optimizer_hook_calls": result.hook_calls,

@@ -80,7 +80,7 @@ def clusters(loaded: Any) -> dict[str, tuple[str, ...]]:
 @functools.lru_cache(maxsize=256)
 def _file_clusters(path: str, mtime_ns: int) -> dict[tuple[str, str], tuple[str, ...]]:
     """Keyed by modification time too: an edited suite is read again (pytester, long sessions)."""
-    from peftcheck.spec import load_suite
+    from peftcheck.loader import load_suite
 
     loaded = load_suite(Path(path))
     return {(loaded.spec.suite, m): group for m, group in clusters(loaded).items()}

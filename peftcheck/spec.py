@@ -27,6 +27,10 @@ _SPLIT = re.compile(r"^[A-Za-z_][\w.-]*(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+# hf: transformers.Trainer on peftcheck's own tokenization; sft: TRL's SFTTrainer on the raw rows (issue 15)
+TrainerName = Literal["hf", "sft"]
+DataFormat = Literal["text", "prompt_completion", "messages"]
+LossScope = Literal["all", "completion_only", "assistant_only"]
 # An expectation: a check's parameters, `{}`/null for its defaults, or false to turn it off.
 Expectations = dict[str, dict[str, Any] | bool | None]
 
@@ -43,7 +47,28 @@ class DataSpec(_Strict):
     eval_split: str | None = Field(
         None, description="Held-out split for perplexity; should not overlap `split`."
     )
-    text_field: str = Field("text", description="Column holding the text to train on.")
+    text_field: str = Field("text", description="Column holding the text to train on (format text).")
+    format: DataFormat = Field(
+        "text", description="text: one text column; prompt_completion: a prompt and a completion column; "
+        "messages: a list of chat messages rendered by the tokenizer's chat template."
+    )
+    prompt_field: str = Field("prompt", description="Column holding the prompt (format prompt_completion).")
+    completion_field: str = Field(
+        "completion", description="Column holding the completion (format prompt_completion)."
+    )
+    messages_field: str = Field(
+        "messages", description="Column holding the list of {role, content} messages (format messages)."
+    )
+    loss: LossScope | None = Field(
+        None, description="Which tokens the loss is on: all; completion_only (prompt_completion: the "
+        "prompt is masked); assistant_only (messages: every non-assistant token is masked, needs a chat "
+        "template with a {% generation %} block). Default: completion_only for prompt_completion "
+        "(TRL's default), all otherwise.",
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template file (relative to the suite) that replaces the "
+        "tokenizer's, e.g. one with a {% generation %} block for assistant_only loss.",
+    )
     max_length: int = Field(64, ge=8, le=8192, description="Tokens per example after truncation.")
     unrelated: str | None = Field(
         None,
@@ -62,9 +87,22 @@ class DataSpec(_Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _loss_fits_format(self) -> "DataSpec":
+        wants = {"completion_only": "prompt_completion", "assistant_only": "messages"}
+        if self.loss in wants and self.format != wants[self.loss]:
+            raise ValueError(f"loss {self.loss!r} needs format {wants[self.loss]!r}; got format {self.format!r}")
+        return self
+
+    @property
+    def loss_scope(self) -> str:
+        """The loss scope with the default filled in."""
+        return self.loss or ("completion_only" if self.format == "prompt_completion" else "all")
+
 
 class TrainSpec(BaseModel):
-    """A subset of transformers.TrainingArguments; other TrainingArguments names are accepted."""
+    """A subset of transformers.TrainingArguments; other TrainingArguments names (and, for
+    `trainer: sft`, SFTConfig names) are accepted."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -79,19 +117,7 @@ class TrainSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_training_arguments(self) -> "TrainSpec":
-        extra = set(self.model_extra or {})
-        if not extra:
-            return self
-        try:  # transformers is heavy: only consulted when a suite uses extra names
-            import dataclasses
-
-            from transformers import TrainingArguments
-        except ImportError:  # pragma: no cover - the ML extra is missing
-            return self
-        known = {f.name for f in dataclasses.fields(TrainingArguments)}
-        unknown = sorted(extra - known)
-        if unknown:
-            raise ValueError(f"unknown TrainingArguments name(s) {unknown}")
+        # checked per method after loading, against the trainer each method uses (issue 15)
         return self
 
 
@@ -111,6 +137,7 @@ class MethodSpec(BaseModel):
         None, description="Adapter config name for backend 'adapters' (e.g. seq_bn, double_seq_bn)."
     )
     quantization: Quantization = Field("none", description="bitsandbytes quantization of the base.")
+    trainer: TrainerName | None = Field(None, description="Overrides the suite's `trainer` for this method.")
     train: dict[str, Any] = Field(
         default_factory=dict, description="Per-method overrides of the suite's `train`."
     )
@@ -185,6 +212,9 @@ class SuiteSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     trust_remote_code: bool = Field(False, description="Passed to transformers; off by default.")
     data: DataSpec
+    trainer: TrainerName = Field(
+        "hf", description="hf: transformers.Trainer; sft: TRL's SFTTrainer + SFTConfig (pip install peftcheck[sft])."
+    )
     train: TrainSpec = Field(default_factory=TrainSpec)
     methods: dict[str, MethodSpec] = Field(min_length=1, description="Method name -> method.")
     expect: Expectations = Field(
@@ -228,6 +258,10 @@ class SuiteSpec(_Strict):
                     fields = {} if params is True or params is None else params
                     merged[check] = {**merged.get(check, {}), **fields}
         return merged
+
+    def trainer_of(self, method: str) -> str:
+        """The trainer of one method: its own `trainer`, else the suite's."""
+        return self.methods[method].trainer or self.trainer
 
     def train_args(self, method: str) -> dict[str, Any]:
         """The suite's training arguments with the method's overrides applied."""
@@ -352,6 +386,7 @@ def parse_suite_text(text: str, *, path: str = "<string>") -> LoadedSuite:
         ) from None
     loaded = LoadedSuite(spec=spec, path=path, lines=lines)
     _check_references(loaded)
+    _check_train_fields(loaded)
     return loaded
 
 
@@ -365,6 +400,53 @@ def _check_references(loaded: LoadedSuite) -> None:
                 file=loaded.path, line=loaded.line_of("methods", name, "reference_for"),
                 field=f"methods.{name}.reference_for",
             )  # fmt: skip
+
+
+def _trainer_fields(trainer: str) -> set[str] | None:
+    """Field names of TrainingArguments (hf) or SFTConfig (sft); None where the library is missing."""
+    import dataclasses
+
+    try:  # heavy: only consulted when a suite names training arguments beyond TrainSpec's
+        if trainer == "sft":
+            from trl import SFTConfig as cls
+        else:
+            from transformers import TrainingArguments as cls
+    except ImportError:  # the ML or sft extra is missing: training says so with the install hint
+        return None
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_train_fields(loaded: LoadedSuite) -> None:
+    """Every `train:` name (the suite's and each method's) is a field of that method's trainer."""
+    spec = loaded.spec
+    suite_extra = set(spec.train.model_extra or {})
+    for name in spec.methods:
+        trainer = spec.trainer_of(name)
+        own = set(spec.methods[name].train) - set(TrainSpec.model_fields)
+        if not (suite_extra | own):
+            continue
+        known = _trainer_fields(trainer)
+        if known is None:
+            continue
+        for key in sorted(own - known):
+            place = ("methods", name, "train", key)
+            raise SuiteError(
+                f"unknown {'SFTConfig' if trainer == 'sft' else 'TrainingArguments'} name", file=loaded.path,
+                line=loaded.line_of(*place), field=".".join(place), hint=_close_hint(key, known),
+            )  # fmt: skip
+        for key in sorted(suite_extra - known):
+            raise SuiteError(
+                f"unknown {'SFTConfig' if trainer == 'sft' else 'TrainingArguments'} name (method {name!r} "
+                f"trains with trainer {trainer!r})", file=loaded.path, line=loaded.line_of("train", key),
+                field=f"train.{key}", hint=_close_hint(key, known),
+            )  # fmt: skip
+
+
+def _close_hint(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def json_schema() -> dict[str, Any]:

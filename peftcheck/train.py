@@ -1,4 +1,5 @@
-"""Training through transformers.Trainer, with a callback recording loss, step times and memory."""
+"""Training through transformers.Trainer or TRL's SFTTrainer, with a callback recording loss,
+step times and memory."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["StepProgress", "TrainResult", "train_model", "peak_rss_mib", "memory_mib"]
+__all__ = ["StepProgress", "TrainResult", "train_model", "SftRun", "peak_rss_mib", "memory_mib"]
 
 
 def peak_rss_mib() -> float:
@@ -40,6 +41,7 @@ class TrainResult:
     memory_before_mib: float
     memory_peak_mib: float
     hook_calls: int = 0
+    train_dataset: Any = None  # the tokenized rows the trainer trained on (input_ids, labels): label_masking
 
     @property
     def tokens_per_s(self) -> float:
@@ -103,7 +105,8 @@ class _CountingCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
-        self.result.tokens_seen += int(batch["attention_mask"].sum())
+        mask = batch["attention_mask"] if "attention_mask" in batch else batch["input_ids"]
+        self.result.tokens_seen += int((mask != 0).sum()) if "attention_mask" in batch else int(mask.numel())
         return batch
 
 
@@ -138,6 +141,7 @@ def train_model(
             "remove_unused_columns": False,
         }
         training_args = TrainingArguments(**{**defaults, **args})
+        result.train_dataset = dataset
         trainer = Trainer(
             model=model,
             args=training_args,
@@ -150,3 +154,85 @@ def train_model(
         result.train_time_s = time.perf_counter() - started
     model.eval()
     return result
+
+
+# SFTConfig's own defaults that would make the two trainers differ on a CPU run: TRL turns on
+# gradient checkpointing and bf16 autocast, and logs every 10 steps (the loss curve needs each).
+_SFT_DEFAULTS = {"gradient_checkpointing": False, "bf16": False, "packing": False}
+
+
+@dataclasses.dataclass
+class SftRun:
+    """One method trained by TRL's SFTTrainer on the suite's raw rows: SFTTrainer tokenizes them,
+    applies the adapter (``peft_config``) and builds the labels, the way its users train (issue 15).
+
+    ``model`` and ``config`` are what SFTTrainer made: the config is read back from the model, since
+    SFTTrainer adds ``trainable_token_indices`` and ``modules_to_save`` when a cloned chat template
+    adds tokens."""
+
+    trainer: Any
+    model: Any
+    config: Any
+    result: TrainResult
+    workdir: Any
+
+    @classmethod
+    def build(
+        cls, model: Any, config: Any, data: Any, *, data_spec: Any, args: dict[str, Any], device: str,
+        quantization: str, method: str,
+    ) -> "SftRun":  # fmt: skip
+        import copy
+
+        from peftcheck.data import sft_rows
+        from peftcheck.errors import MissingExtraError, SuiteError
+
+        try:
+            from trl import SFTConfig, SFTTrainer
+        except ImportError:
+            raise MissingExtraError("trl", "sft") from None
+        if getattr(config, "backend", None) == "adapters":
+            raise SuiteError("trainer 'sft' trains peft methods only", field=f"methods.{method}.trainer")
+        if quantization != "none":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        result = TrainResult([], [], 0.0, 0, memory_mib(), memory_mib())
+        workdir = tempfile.TemporaryDirectory(prefix="peftcheck-sft-")
+        scope = data_spec.loss_scope
+        defaults = {
+            **_SFT_DEFAULTS, "output_dir": workdir.name, "logging_steps": 1, "save_strategy": "no",
+            "report_to": [], "disable_tqdm": True, "use_cpu": device == "cpu", "dataloader_num_workers": 0,
+            "max_length": data_spec.max_length, "completion_only_loss": scope == "completion_only",
+            "assistant_only_loss": scope == "assistant_only", "dataset_text_field": "text",
+        }  # fmt: skip
+        try:
+            trainer = SFTTrainer(
+                model=model, args=SFTConfig(**{**defaults, **args}), train_dataset=sft_rows(data.raw_train, data_spec),
+                processing_class=copy.deepcopy(data.tokenizer), peft_config=config,
+            )  # fmt: skip
+        except (ValueError, RuntimeError) as exc:  # TRL refuses a template without generation markers (PR #4201)
+            workdir.cleanup()
+            if scope == "assistant_only" and "generation" in str(exc):
+                raise SuiteError(
+                    f"SFTTrainer refused the chat template for assistant_only loss: {exc}", field="data.chat_template",
+                    hint="give data.chat_template a template with a {% generation %} block around each assistant "
+                    "turn, e.g. fixtures/smollm2_chat_generation.jinja",
+                ) from None  # fmt: skip
+            raise
+        trainer.data_collator = _CountingCollator(trainer.data_collator, result)
+        result.train_dataset = trainer.train_dataset
+        peft_model = trainer.model
+        effective = peft_model.peft_config[peft_model.active_adapter] if hasattr(peft_model, "peft_config") else config
+        return cls(trainer, peft_model, effective, result, workdir)
+
+    def train(self, *, step_hook: Callable[[int], Any] | None = None, progress: StepProgress | None = None) -> TrainResult:
+        """Run SFTTrainer for ``max_steps``; the per-step loss is recorded as Trainer's is."""
+        self.trainer.add_callback(_recorder(self.result, step_hook, progress))
+        try:
+            started = time.perf_counter()
+            self.trainer.train()
+            self.result.train_time_s = time.perf_counter() - started
+        finally:
+            self.workdir.cleanup()
+        self.model.eval()
+        return self.result

@@ -9,6 +9,7 @@ from peftcheck.checks import (  # noqa: F401
     multi_adapter,
     parameters,
     persistence,
+    pipelines,
     quality,
     regression,
     resources,

@@ -69,6 +69,12 @@ def held_out_texts(ctx: CheckContext, count: int) -> list[str]:
     spec = ctx.suite.spec.data
     split = spec.eval_split or spec.split
     raw = load_split(spec.dataset, split, base_dir=Path(ctx.suite.path).parent)
+    if spec.format != "text":  # issue 15: a prompt and its completion, as the model reads them
+        from peftcheck.data import held_out_prompts
+
+        tokenizer = ctx.artifact().data.tokenizer
+        texts = [p + r for p, r in held_out_prompts(raw, tokenizer, spec, count)]
+        return [t for t in texts if len(t.split()) >= 2]
     texts = [str(t) for t in raw[spec.text_field]]
     return [t for t in texts if len(t.split()) >= 2][:count]
 
@@ -158,6 +164,12 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     metric = resolve(params.metric)
     if params.prompts is not None:
         prompts, references = list(params.prompts), params.references
+    elif ctx.suite.spec.data.format != "text":  # issue 15: the prompt column, or the conversation so far
+        from peftcheck.data import held_out_prompts
+
+        rows = artifact.data.raw_eval if artifact.data.raw_eval is not None else artifact.data.raw_train
+        pairs = held_out_prompts(rows, artifact.data.tokenizer, ctx.suite.spec.data, params.samples)
+        prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     else:
         pairs = [split_prompt(t, params.prompt_fraction) for t in held_out_texts(ctx, params.samples)]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]

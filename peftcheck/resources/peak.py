@@ -210,7 +210,8 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         for param in model.parameters():
             param.requires_grad_(False)
         _fault_in(model)
-    dataset = data.tokenize(raw, tokenizer, text_field=spec.data.text_field, max_length=spec.data.max_length)
+    tokenizer = data.suite_tokenizer(tokenizer, spec.data, base_dir=base_dir)
+    dataset = data.encode_split(raw, tokenizer, spec.data)  # the suite's format (issue 15; hf trainer steps)
     collate = data.collator(tokenizer)
     args = {**spec.train_args(name), "max_steps": steps}
     set_seed(int(args["seed"]))

@@ -99,8 +99,9 @@ def test_error_names_file_line_and_field() -> None:
 def test_unknown_training_argument() -> None:
     suite = tiny_suite({"lora": LORA})
     suite["train"]["lerning_rate"] = 1
-    with pytest.raises(SuiteError, match=r"train: unknown TrainingArguments name\(s\) \['lerning_rate'\]"):
+    with pytest.raises(SuiteError, match=r"train.lerning_rate: unknown TrainingArguments name") as info:
         load_suite_text(text(suite))
+    assert info.value.line is not None and "learning_rate" in (info.value.hint or "")
 
 
 def test_check_params_are_validated() -> None:
