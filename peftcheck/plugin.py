@@ -31,7 +31,10 @@ def add_run_options(add: Any, prefix: str = "--peftcheck-") -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from peftcheck.artifact_cache import add_cache_option
+
     add_run_options(parser.getgroup("peftcheck", "peftcheck: PEFT suites").addoption)
+    add_cache_option(parser.getgroup("peftcheck").addoption)  # issue 14
 
 
 def pytest_configure(config: pytest.Config) -> None:

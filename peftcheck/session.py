@@ -61,7 +61,9 @@ class Session:
         self.config = config
         self.results_path = output_path(config, config.getoption("peftcheck_results") or "reports/results.jsonl")
         self._writer: Any = None
-        self.pipeline = Pipeline(on_record=self.write, progress=TerminalProgress(config))
+        from peftcheck.artifact_cache import ArtifactCache
+
+        self.pipeline = Pipeline(on_record=self.write, progress=TerminalProgress(config), cache=ArtifactCache.from_config(config))
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "Session":
