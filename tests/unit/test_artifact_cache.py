@@ -89,10 +89,16 @@ def _entry(root: Path) -> Path:
 def test_a_damaged_entry_warns_and_retrains(tmp_path: Path, damage: str) -> None:
     cold = _run(_suite(), tmp_path, "lora")["lora"]
     entry = _entry(tmp_path)
-    if damage == "tampered key":  # another run's key written into this entry
+    if damage == "tampered key":  # another run's key in this entry, its manifest consistent with it
+        import hashlib
+
         key = json.loads((entry / "key.json").read_text())
         key["train"]["learning_rate"] = 1.0
         (entry / "key.json").write_text(json.dumps(key))
+        manifest = json.loads((entry / "manifest.json").read_text())
+        data = (entry / "key.json").read_bytes()
+        manifest["files"]["key.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (entry / "manifest.json").write_text(json.dumps(manifest))
     else:
         path = entry / ("adapter.safetensors" if "adapter" in damage else "meta.json")
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
