@@ -149,13 +149,14 @@ def device_class(device: str) -> dict[str, Any]:
     kind (suites/quotes.yaml's notes), and per thread count in reductions."""
     import torch
 
-    from peftcheck.record import _KERNEL_FLAGS, _cpuinfo, cpu_flags
+    from peftcheck.record import environment
 
     found: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads()}
     if device == "cuda":
         found.update(name=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)))
-    else:
-        found.update(cpu=_cpuinfo().get("model name"), flags=sorted(cpu_flags().intersection(_KERNEL_FLAGS)))
+    else:  # the CPU model and the flags that select kernels, as the session record has them
+        env = environment()
+        found.update(cpu=env["cpu_model"], flags=env["cpu_flags"])
     return found
 
 
