@@ -19,6 +19,14 @@ from peftcheck.spec import LoadedSuite, MethodSpec
 
 __all__ = ["BaseHandle", "SuiteData", "TrainedArtifact", "Pipeline"]
 
+# what a cache entry keeps of the method record (issue 14); the resource fields are served only
+# under `cache.recorded`, never as this run's measurement
+_RESOURCE_FIELDS = ("train_time_s", "tokens_per_s", "step_times_s", "prepare_time_s")
+_CACHED_FIELDS = (
+    "peft", "backend", "trainer", "quantization", "dtype", "loss_curve", "trainable_params", "total_params",
+    "optimizer_hook_calls", "model", "metrics", "env", *_RESOURCE_FIELDS,
+)
+
 
 @dataclasses.dataclass
 class BaseHandle:
@@ -108,8 +116,13 @@ class Pipeline:
         on_record: Callable[[dict[str, Any]], None] | None = None,
         progress: Callable[[str], None] | None = None,
         max_live: int = 3,
+        cache: Any = None,
     ) -> None:
+        from peftcheck.artifact_cache import ArtifactCache
+
         self.on_record = on_record or (lambda record: None)
+        # the API's default is no cache; the plugin and `peftcheck run` pass --peftcheck-cache's (issue 14)
+        self.cache: ArtifactCache = cache or ArtifactCache(Path(), "off")
         self.progress = progress or (lambda line: print(line, file=sys.stderr))
         self.max_live = max_live
         self._bases: dict[tuple[str, ...], BaseHandle] = {}
@@ -203,7 +216,7 @@ class Pipeline:
         self.progress(f"peftcheck: {suite.spec.suite}/{method} failed: {type(exc).__name__}: {exc}")
         self._records[key] = {
             "kind": "method", "suite": suite.spec.suite, "suite_file": suite.path, "method": method,
-            "status": "error", "error": f"{type(exc).__name__}: {exc}",
+            "status": "error", "error": f"{type(exc).__name__}: {exc}", "from_cache": False,
         }  # fmt: skip
         self.on_record(self._records[key])  # now: under xdist it travels with the item's report (issue 14)
 
@@ -241,25 +254,43 @@ class Pipeline:
         suite_data = self.data(suite, base.tokenizer)
         collate = data_mod.collator(suite_data.tokenizer)
         trainer = spec.trainer_of(method)
+        untrained_config = copy.deepcopy(config)  # training may write into it (AdaLoRA's rank_pattern)
+
+        def fresh(again: bool = False) -> tuple[Any, dict[str, Any]]:  # the untrained model; a cache hit rebuilds it too
+            set_seed(int(args["seed"]))
+            model = methods.apply_method(
+                copy.deepcopy(base.training_source), copy.deepcopy(untrained_config) if again else config,
+                quantization=mspec.quantization, name=method,
+            )  # fmt: skip
+            return model, {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+        # SFTTrainer applies the adapter itself and may widen its config (modules_to_save, trainable
+        # tokens): a hit could not rebuild that model, so trainer: sft methods always train
+        cacheable = self.cache.mode != "off" and trainer != "sft"
+        key = self.cache.key(suite, method, base=base, data=suite_data, config=config) if cacheable else None
+        cached, warning = self.cache.lookup(key) if key is not None and self.cache.reads else (None, None)
+        if cached is not None:
+            try:
+                return self._from_cache(suite, method, cached, fresh, base, suite_data, collate, config, started)
+            except Exception as exc:  # documented boundary: an entry that does not load is a retrain
+                warning = self.cache.warn(f"artifact cache entry {cached.path} does not load ({type(exc).__name__}: {exc}); retraining")
         live = MethodProgress.start(
             self.progress, f"{spec.suite}/{method}",
             detail=f"{type(config).__name__}, {mspec.quantization}, {args['max_steps']} steps",
         )  # fmt: skip
-        set_seed(int(args["seed"]))
         sft = None
         if trainer == "sft":  # SFTTrainer applies the adapter itself and may change its config
             from peftcheck.train import SftRun
 
+            set_seed(int(args["seed"]))
             sft = SftRun.build(
                 copy.deepcopy(base.training_source), config, suite_data, data_spec=spec.data, args=args,
                 device=base.device, quantization=mspec.quantization, method=method,
             )  # fmt: skip
             model, config = sft.model, sft.config  # the effective config: checks count from it
+            initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
         else:
-            model = methods.apply_method(
-                copy.deepcopy(base.training_source), config, quantization=mspec.quantization, name=method
-            )
-        initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            model, initial = fresh()
         if not initial:
             raise PeftcheckError(f"{spec.suite}/{method}: the method made no parameter trainable")
         # the adapter as initialised, before any step: LoRA starts as the identity, a prefix does not
@@ -294,8 +325,14 @@ class Pipeline:
             "model": {"ref": base.source.ref, "source": base.source.source, "real": base.source.real},
             "metrics": metrics, "samples": [], "env": environment(),
             # base load, adapter, training and its evaluations: the item that trains pays it (issue 17)
-            "prepare_time_s": time.perf_counter() - started,
+            "prepare_time_s": time.perf_counter() - started, "from_cache": False, "cache": None,
         }  # fmt: skip
+        if key is not None and self.cache.writes:
+            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": dataclasses.asdict(result)}
+            record["cache"] = self.cache.store(key, model=model, initial=initial, meta=meta, rebuild=lambda: fresh(again=True))
+            record["prepare_time_s"] = time.perf_counter() - started
+        if warning is not None:
+            record["cache"] = {**(record["cache"] or {}), "warning": warning}
         record = self._first_record(suite, method, record)
         artifact = TrainedArtifact(
             suite, method, mspec, base, model, config, suite_data, collate, result, initial, record
@@ -303,6 +340,39 @@ class Pipeline:
         loss = result.loss_curve
         live.done(result.train_time_s, loss)
         return artifact
+
+    def _from_cache(
+        self, suite: LoadedSuite, method: str, entry: Any, fresh: Callable[[], tuple[Any, dict[str, Any]]],
+        base: BaseHandle, suite_data: SuiteData, collate: Any, config: Any, started: float,
+    ) -> TrainedArtifact:
+        """The trained artifact rebuilt from a verified cache entry, instead of training."""
+        from peftcheck.artifact_cache import RESOURCE_METRICS
+        from peftcheck.record import environment
+        from peftcheck.train import TrainResult
+
+        spec, mspec = suite.spec, suite.spec.methods[method]
+        model, initial = fresh()
+        entry.load_into(model)
+        model.eval()
+        then = entry.meta["record"]
+        train = entry.meta["train"]
+        result = TrainResult(**{**train, "loss_curve": [tuple(p) for p in train["loss_curve"]]})
+        metrics = {k: v for k, v in then["metrics"].items() if k not in RESOURCE_METRICS}
+        record = {
+            "kind": "method", "suite": spec.suite, "suite_file": suite.path, "method": method,
+            "status": "trained", "error": None, "fingerprint": fingerprint(suite, method),
+            **{k: then[k] for k in _CACHED_FIELDS if k not in ("metrics", "env", "model", *_RESOURCE_FIELDS)},
+            "model": {"ref": base.source.ref, "source": base.source.source, "real": base.source.real},
+            "metrics": metrics, "samples": [], "env": environment(), "device": base.device,
+            "train_time_s": None, "tokens_per_s": None, "step_times_s": [],
+            "from_cache": True,
+            "cache": {"key": entry.digest, "entry": str(entry.path),
+                      "recorded": {k: then[k] for k in _RESOURCE_FIELDS} | {"env": then.get("env")}},
+            "prepare_time_s": time.perf_counter() - started,
+        }  # fmt: skip
+        record = self._first_record(suite, method, record)
+        self.progress(f"peftcheck: {spec.suite}/{method} from the artifact cache ({entry.path}), not trained")
+        return TrainedArtifact(suite, method, mspec, base, model, config, suite_data, collate, result, initial, record)
 
     def close(self) -> None:
         """Drop the models; each method record was handed to ``on_record`` when it was made."""

@@ -117,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = list(args.pytest_args)
     if args.results:
         extra += ["--peftcheck-results", args.results]
+    if args.peftcheck_cache:
+        extra += ["--peftcheck-cache", args.peftcheck_cache]
     return int(pytest.main([*args.paths, "-p", "no:cacheprovider", *extra]))
 
 
@@ -154,11 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftcheck", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run suites through pytest", usage="peftcheck run PATH... [--results FILE] [-- PYTEST_ARGS...]"
+        "run", help="run suites through pytest", usage="peftcheck run PATH... [--results FILE] [--cache MODE] [-- PYTEST_ARGS...]"
     )
     run.add_argument("paths", nargs="+", metavar="PATH")
     run.add_argument("--results", metavar="FILE",
                      help="results file, a relative FILE under the current directory (default reports/results.jsonl)")
+    from peftcheck.artifact_cache import add_cache_option
+
+    add_cache_option(run.add_argument, prefix="--")
     run.set_defaults(func=cmd_run, pytest_args=[])
     validate = sub.add_parser("validate", help="check suites without training")
     validate.add_argument("paths", nargs="+", metavar="PATH")

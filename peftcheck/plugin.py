@@ -33,8 +33,11 @@ def add_run_options(add: Any, prefix: str = "--peftcheck-") -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from peftcheck.artifact_cache import add_cache_option
+
     group = parser.getgroup("peftcheck", "peftcheck: PEFT suites")
     add_run_options(group.addoption)
+    add_cache_option(group.addoption)  # issue 14
     group.addoption(
         "--peftcheck-shard", dest="peftcheck_shard", type=parse_shard, default=None, metavar="I/N",
         help="run shard I of N (1 <= I <= N): whole method clusters, balanced by the baseline's "

@@ -77,9 +77,12 @@ class Session:
         self.config = config
         self.worker = hasattr(config, "workerinput")
         self.results_path = output_path(config, config.getoption("peftcheck_results") or "reports/results.jsonl")
+        from peftcheck.artifact_cache import ArtifactCache
+
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.shard = config.getoption("peftcheck_shard", None)
-        self.pipeline = Pipeline(on_record=self._made, progress=TerminalProgress(config))
+        self.pipeline = Pipeline(on_record=self._made, progress=TerminalProgress(config),
+                                 cache=ArtifactCache.from_config(config))  # fmt: skip
         self._pending: list[dict[str, Any]] = []  # method records made since the last item's report
         self._local: dict[tuple[str, str, str], list[Any]] = {}  # this process's check records, per method
         self.methods: dict[tuple[str, str, str], Any] = {}  # the controller's MethodRecords

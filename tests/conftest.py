@@ -6,8 +6,14 @@ Pick one with ``pytest --hypothesis-profile=thorough``; without the option "ci" 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
+
+# The project's own tests plant defects in-process (monkeypatched training, CPU flags, kernels):
+# an artifact cache would store those artifacts or serve real ones to them (issue 14). Tests of
+# the cache pass --peftcheck-cache or an ArtifactCache themselves.
+os.environ.setdefault("PEFTCHECK_CACHE", "off")
 
 
 def _register_profiles() -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
+from peftcheck.artifact_cache import RESOURCE_METRICS
 from peftcheck.baseline import BaselineStore, Comparison, MetricSpecs, RegressionRule
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 
@@ -92,7 +93,15 @@ def no_regression(ctx: "CheckContext", params: NoRegressionParams) -> Measuremen
     details["comparisons"] = [c.as_dict() for c in comparisons]
     judged = RegressionRule.judged(comparisons)  # the same rule the report applies (issue 14)
     regressions = [c for c in judged if c.status == "regressed"]
-    absent = [c for c in judged if params.metrics is not None and c.current is None]
+    # a method served from the artifact cache did not train in this run: its time and speed were not
+    # measured, which is not a metric gone missing (issue 14)
+    unmeasured = [c.metric for c in judged if c.current is None and record.get("from_cache")
+                  and c.metric in RESOURCE_METRICS]  # fmt: skip
+    if unmeasured and len(unmeasured) == len(judged):
+        raise NotApplicable(f"{method} came from the artifact cache, so {unmeasured} were not measured in this "
+                            "run; rerun with --peftcheck-cache write (or off) to train and measure them")  # fmt: skip
+    absent = [c for c in judged if params.metrics is not None and c.current is None and c.metric not in unmeasured]
+    details["not_measured_from_cache"] = unmeasured
     return Measurement(
         passed=not regressions and not absent,
         value=float(len(regressions)),

@@ -52,3 +52,33 @@ def test_without_ignore_both_flag_it(tmp_path: Path) -> None:
     measurement, report = check_and_report(tmp_path, {})
     assert not measurement.passed and "final_loss" in measurement.message
     assert [p.what for p in report.regressions] == ["final_loss"] and report.status == "failed"
+
+
+def _timed(**extra: Any) -> dict[str, Any]:
+    record = method(2.0, 10.0)
+    record["metrics"]["train_time_s"] = {"value": 30.0, "unit": "s"}
+    return {**record, **extra}
+
+
+def _check_train_time(tmp_path: Path, current: dict[str, Any]) -> Any:
+    store = BaselineStore(tmp_path / "baselines")
+    store.update(collect_entries([{"kind": "session", "env": ENV}, _timed()]), "missing")
+    ctx = types.SimpleNamespace(
+        suite=types.SimpleNamespace(spec=types.SimpleNamespace(suite="tiny")), method="lora",
+        method_record=lambda: current, option=lambda name: str(store.root), env=lambda: ENV,
+    )  # fmt: skip
+    return no_regression(ctx, NoRegressionParams.model_validate({"metrics": ["train_time_s"]}))  # type: ignore[arg-type]
+
+
+def test_a_time_not_measured_because_the_method_came_from_the_cache_is_not_applicable(tmp_path: Path) -> None:
+    from peftcheck.checks.registry import NotApplicable
+
+    cached = method(2.0, 10.0) | {"from_cache": True}  # a hit leaves time and speed out (issue 14)
+    with pytest.raises(NotApplicable, match=r"artifact cache.*\['train_time_s'\].*--peftcheck-cache write"):
+        _check_train_time(tmp_path, cached)
+
+
+def test_a_time_missing_from_a_trained_run_still_fails(tmp_path: Path) -> None:
+    measurement = _check_train_time(tmp_path / "trained", method(2.0, 10.0) | {"from_cache": False})
+    assert not measurement.passed and "train_time_s: named in `metrics` but not recorded" in measurement.message
+    assert _check_train_time(tmp_path / "timed", _timed(from_cache=False)).passed
