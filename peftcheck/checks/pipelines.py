@@ -148,9 +148,8 @@ def stops(ctx: CheckContext, params: StopsParams) -> Measurement:
         artifact.base.memo[key] = _stop_rate(artifact.base.model, tokenizer, prompts, **kwargs)
     before, _ = artifact.base.memo[key]
     rate, texts = _stop_rate(artifact.model, tokenizer, prompts, **kwargs)
-    metrics = artifact.record["metrics"]
-    metrics["stop_rate"] = {"value": rate, "unit": "fraction"}
-    metrics["stop_rate_before"] = {"value": before, "unit": "fraction"}
+    ctx.metrics["stop_rate"] = {"value": rate, "unit": "fraction"}  # returned in the Measurement (issue 14)
+    ctx.metrics["stop_rate_before"] = {"value": before, "unit": "fraction"}
     return Measurement(
         passed=rate >= params.min_rate, value=rate, bound=f">= {params.min_rate}", unit="stop rate",
         message=f"{rate:.0%} of {len(prompts)} held-out prompts end with EOS within {params.max_new_tokens} tokens "

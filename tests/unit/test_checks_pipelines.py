@@ -99,7 +99,7 @@ def test_stops_catches_a_model_that_never_emits_eos(prompt_completion: Any, eos_
     assert measurement.passed is passed and measurement.value == (1.0 if passed else 0.0)
     if not passed:
         assert "0% of 4 held-out prompts end with EOS within 8 tokens" in measurement.message
-    assert pipeline.artifact(loaded, "lora").record["metrics"]["stop_rate"]["value"] == measurement.value
+    assert measurement.metrics["stop_rate"]["value"] == measurement.value
 
 
 def test_perplexity_is_on_completion_tokens_only(prompt_completion: Any) -> None:
@@ -194,7 +194,7 @@ def test_sft_refuses_a_template_without_generation_block_with_a_located_error(fi
 def test_generation_and_contract_checks_read_prompt_completion_rows(prompt_completion: Any) -> None:
     pipeline, loaded = prompt_completion
     measurement = run_check(pipeline, loaded, "lora", "generation", samples=2, max_new_tokens=4, max_drop=None)
-    samples = pipeline.artifact(loaded, "lora").record["samples"]
+    samples = measurement.samples  # returned in the Measurement (issue 14)
     assert [s["prompt"] for s in samples] == ["red:", "sky:"] and samples[0]["reference"] == " apple pie"
     assert measurement.value is not None
     disable = run_check(pipeline, loaded, "lora", "generate_after_disable", samples=2, max_new_tokens=4)
