@@ -328,7 +328,10 @@ class Pipeline:
             "prepare_time_s": time.perf_counter() - started, "from_cache": False, "cache": None,
         }  # fmt: skip
         if key is not None and self.cache.writes:
-            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": dataclasses.asdict(result)}
+            # the rows are the suite's data, rebuilt on a hit: stored, they became a dict of columns
+            # that label_masking could not read (CI at 209ad02)
+            train = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "train_dataset"}
+            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": train}
             record["cache"] = self.cache.store(key, model=model, initial=initial, meta=meta, rebuild=lambda: fresh(again=True))
             record["prepare_time_s"] = time.perf_counter() - started
         if warning is not None:
@@ -357,6 +360,7 @@ class Pipeline:
         then = entry.meta["record"]
         train = entry.meta["train"]
         result = TrainResult(**{**train, "loss_curve": [tuple(p) for p in train["loss_curve"]]})
+        result.train_dataset = suite_data.train  # what train_model trains on (SFT methods are never cached)
         metrics = {k: v for k, v in then["metrics"].items() if k not in RESOURCE_METRICS}
         record = {
             "kind": "method", "suite": spec.suite, "suite_file": suite.path, "method": method,

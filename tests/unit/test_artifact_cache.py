@@ -159,3 +159,32 @@ def test_mode_from_environment_and_bad_values(monkeypatch: pytest.MonkeyPatch) -
         ArtifactCache.from_option(None)
     with pytest.raises(argparse.ArgumentTypeError, match="got 'maybe'"):
         parse_cache_mode("maybe")
+
+
+# Checks whose measurement is a function of the trained artifact: a hit must give each the cold
+# run's value (CI at 209ad02: on a hit label_masking read the cached rows as a dict and raised).
+DETERMINISTIC = [
+    ("trainable_ratio", {}), ("base_frozen", {}), ("loss_decrease", {}), ("eval_perplexity", {}),
+    ("label_masking", {"min_fraction": 0.1, "max_fraction": 0.95}), ("merge_equivalence", {}),
+    ("unmerge_restores", {}), ("disable_equals_base", {}), ("save_load_roundtrip", {}), ("init_identity", {}),
+]  # fmt: skip
+
+
+def test_a_hit_measures_what_the_cold_run_measured(tmp_path: Path) -> None:
+    pairs = [("red:", " apple pie"), ("sky:", " blue rain"), ("cat:", " soft fur"), ("sea:", " salt wave")]
+    rows = tmp_path / "pc.jsonl"
+    rows.write_text("".join(json.dumps({"p": p, "c": c}) + "\n" for p, c in pairs * 8))
+    suite = tiny_suite({"lora": LORA}, model="tiny-llama")
+    suite["data"] = {"dataset": str(rows), "format": "prompt_completion", "prompt_field": "p", "completion_field": "c",
+                     "split": "train[:24]", "eval_split": "train[-8:]", "max_length": 16}  # fmt: skip
+    cache = ArtifactCache(tmp_path / "cache", "on")
+    measured = {}
+    for run in ("cold", "warm"):
+        pipeline = Pipeline(progress=lambda line: None, cache=cache)
+        loaded = load(suite)
+        measured[run] = {name: run_check(pipeline, loaded, "lora", name, **params) for name, params in DETERMINISTIC}
+        assert pipeline.artifact(loaded, "lora").record["from_cache"] == (run == "warm")
+    for name, _ in DETERMINISTIC:
+        cold, warm = measured["cold"][name], measured["warm"][name]
+        assert (warm.passed, warm.value, warm.bound) == (cold.passed, cold.value, cold.bound), (name, cold, warm)
+    assert measured["cold"]["label_masking"].passed, measured["cold"]["label_masking"].message
