@@ -30,7 +30,7 @@ from typing import Any, final
 
 __all__ = [
     "ArtifactCache", "CacheWarning", "CachedEntry", "MODES", "RESOURCE_METRICS", "add_cache_option",
-    "parse_cache_mode", "model_difference",
+    "parse_cache_mode", "model_difference", "restore_configs", "trained_configs",
 ]  # fmt: skip
 
 MODES = ("off", "read", "write", "on")
@@ -241,7 +241,24 @@ class CachedEntry:
                 if saved[name].shape != param.shape:
                     raise ValueError(f"{name}: saved {tuple(saved[name].shape)}, model {tuple(param.shape)}")
                 param.copy_(saved[name].to(param.device, param.dtype))
+        restore_configs(model, self.meta.get("peft_config") or {})
         model.eval()  # as train_model leaves the trained model
+
+
+def trained_configs(model: Any) -> dict[str, Any]:
+    """The model's peft configs as JSON, per adapter: what training wrote into them is stored."""
+    configs = getattr(model, "peft_config", None)
+    return {} if configs is None else _canonical({name: c.to_dict() for name, c in configs.items()})
+
+
+def restore_configs(model: Any, stored: dict[str, Any]) -> None:
+    """Sets the config fields whose stored value differs from the rebuilt model's: the state
+    training writes there (AdaLoRA's rank_pattern, its budget's masks). model_difference then
+    compares the whole config, so a field this cannot restore leaves the method uncached."""
+    for name, config in (getattr(model, "peft_config", None) or {}).items():
+        for field, value in stored.get(name, {}).items():
+            if hasattr(config, field) and _canonical(getattr(config, field)) != value:
+                setattr(config, field, value)
 
 
 @final

@@ -331,7 +331,10 @@ class Pipeline:
             # the rows are the suite's data, rebuilt on a hit: stored, they became a dict of columns
             # that label_masking could not read (CI at 209ad02)
             train = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "train_dataset"}
-            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": train}
+            from peftcheck.artifact_cache import trained_configs
+
+            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": train,
+                    "peft_config": trained_configs(model)}  # fmt: skip
             record["cache"] = self.cache.store(key, model=model, initial=initial, meta=meta, rebuild=lambda: fresh(again=True))
             record["prepare_time_s"] = time.perf_counter() - started
         if warning is not None:

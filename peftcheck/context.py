@@ -26,6 +26,9 @@ class CheckContext:
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # the method's record as the Session sees it: training's metrics plus its checks' so far
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # what the check read besides its own artifact: a measurement that read any of them is not
+    # reused from the check cache (peftcheck/check_cache.py)
+    reads: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def spec(self) -> Any:
@@ -36,6 +39,7 @@ class CheckContext:
 
     def other(self, method: str) -> TrainedArtifact:
         """The artifact of another method of the same suite (for ratios between methods)."""
+        self.reads.add("other")
         if method not in self.suite.spec.methods:
             from peftcheck.errors import SuiteError
 
@@ -50,6 +54,7 @@ class CheckContext:
 
     def method_record(self) -> dict[str, Any]:
         """The method's record with the metrics of the checks that ran before this one (issue 14)."""
+        self.reads.add("method_record")
         record = self.artifact().record
         return self.view(record) if self.view is not None else record
 
@@ -57,9 +62,11 @@ class CheckContext:
         return self.pipeline.base_perplexity(self.suite, self.base())
 
     def option(self, name: str) -> Any:
+        self.reads.add("option")
         return self.options.get(name)
 
     def env(self) -> dict[str, Any]:
+        self.reads.add("env")
         from peftcheck.record import environment
 
         return environment()

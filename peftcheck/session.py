@@ -174,6 +174,7 @@ class Session:
             unit=measurement.unit if measurement else None, details=measurement.details if measurement else {},
             metrics=measurement.metrics if measurement else {}, samples=measurement.samples if measurement else [],
             xfail={"reason": xfail} if xfail is not None else None, duration_s=report.duration,
+            from_cache=measurement.from_cache if measurement else False,
         )  # fmt: skip
         self._local.setdefault((item.suite.path, item.suite.spec.suite, item.method), []).append(check)
         payload = {"index": self._index.get(item.nodeid, len(self._index)), "check": check.to_dict(),

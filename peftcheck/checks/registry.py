@@ -104,6 +104,7 @@ class Measurement:
     # to the method's record, so no check writes into a shared dict (issue 14)
     metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generated texts
+    from_cache: bool = False  # replayed from the check cache, not measured in this run (issue 14)
 
 
 class NotApplicable(Exception):
@@ -119,6 +120,9 @@ class Check:
     func: Callable[["CheckContext", Any], Measurement]
     description: str
     needs_training: bool = False
+    resource: bool = False  # measures this machine (time, memory): never served from a cache
+
+    _REPLAYED: ClassVar[tuple[str, ...]] = ("passed", "value", "bound", "message", "unit", "details", "metrics", "samples")
 
     def run(self, ctx: "CheckContext", params: CheckParams) -> Measurement:
         """The check's Measurement, with the metrics and samples it put on ``ctx``."""
@@ -128,21 +132,52 @@ class Check:
                 f"{self.name} measures peftcheck's own training run; methods.{ctx.method} is a saved adapter "
                 "(artifact mode), trained elsewhere"
             )
+        cache, key = self._cache_key(ctx, params)
+        if key is not None and (hit := cache.lookup(key)) is not None:
+            return Measurement(**hit, from_cache=True)
         measurement = self.func(ctx, params)
         measurement.metrics = {**ctx.metrics, **measurement.metrics}
         measurement.samples = measurement.samples or list(ctx.samples)
+        from peftcheck.check_cache import UNCACHED_READS
+
+        if key is not None and not ctx.reads & set(UNCACHED_READS):
+            # what a hit will replay, so this run's record is the one the next run reads
+            stored = cache.store(key, {f: getattr(measurement, f) for f in self._REPLAYED})
+            if stored is not None:
+                measurement.details, measurement.metrics, measurement.samples = (
+                    stored["details"], stored["metrics"], stored["samples"]
+                )
         return measurement
+
+    def _cache_key(self, ctx: "CheckContext", params: CheckParams) -> tuple[Any, dict[str, Any] | None]:
+        """The check cache and this measurement's key there, or (None, None) where it is not reused:
+        a resource check, the cache off, or an artifact that is not in the artifact cache."""
+        cache = getattr(ctx.pipeline, "cache", None)
+        if self.resource or cache is None or cache.mode == "off":
+            return None, None
+        try:
+            record = ctx.artifact().record
+        except Exception:  # noqa: BLE001 - the check itself meets the error (or skips first)
+            return None, None
+        entry = record.get("cache") or {}
+        if not (record.get("from_cache") or entry.get("stored")) or not entry.get("key"):
+            return None, None
+        from peftcheck.check_cache import CheckCache
+
+        checks = CheckCache(cache)
+        return checks, checks.key(ctx, self, params, entry["key"])
 
 
 CHECKS: dict[str, Check] = {}
 
 
 def register_check(
-    name: str, *, params: type[CheckParams] = CheckParams, needs_training: bool = False
+    name: str, *, params: type[CheckParams] = CheckParams, needs_training: bool = False, resource: bool = False
 ) -> Callable[[Callable[..., Measurement]], Callable[..., Measurement]]:
     """Register ``func(ctx, params) -> Measurement`` under ``name``; ``needs_training``: the check
     measures peftcheck's training run (or rebuilds the method from its config), so it is not
-    applicable to a saved adapter (artifact mode)."""
+    applicable to a saved adapter (artifact mode); ``resource``: it measures this machine (time,
+    memory), so its measurement is never served from the check cache."""
     if not name.isidentifier():
         raise ValueError(f"check name {name!r} must be an identifier")
 
@@ -155,7 +190,7 @@ def register_check(
         if known is not None and not same:
             raise ValueError(f"check {name!r} is already registered by {CHECKS[name].func!r}")
         doc = (func.__doc__ or "").strip().splitlines()
-        CHECKS[name] = Check(name, params, func, doc[0] if doc else "", needs_training)
+        CHECKS[name] = Check(name, params, func, doc[0] if doc else "", needs_training, resource)
         return func
 
     return decorate

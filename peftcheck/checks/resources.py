@@ -86,7 +86,7 @@ def _unquantized_footprint(ctx: CheckContext) -> Any:
     return base.memo["footprint"]
 
 
-@register_check("memory_footprint", params=MemoryFootprintParams)
+@register_check("memory_footprint", params=MemoryFootprintParams, resource=True)
 def memory_footprint(ctx: CheckContext, params: MemoryFootprintParams) -> Measurement:
     """Bytes the model holds (parameters, buffers, quantization scales) within MiB or ratio bounds."""
     artifact = ctx.artifact()
@@ -140,7 +140,7 @@ class QuantizationSavingsParams(CheckParams):
     )
 
 
-@register_check("quantization_savings", params=QuantizationSavingsParams)
+@register_check("quantization_savings", params=QuantizationSavingsParams, resource=True)
 def quantization_savings(ctx: CheckContext, params: QuantizationSavingsParams) -> Measurement:
     """The base is quantized to its bits, the adapter stays 16/32-bit, and the bytes saved match."""
     import torch
@@ -245,7 +245,7 @@ def _phase_peaks(result: dict[str, Any]) -> dict[str, float]:
     return {**found, "total": float(result["total"]["peak_mib"])}
 
 
-@register_check("peak_memory", params=PeakMemoryParams, needs_training=True)
+@register_check("peak_memory", params=PeakMemoryParams, needs_training=True, resource=True)
 def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
     """Peak memory growth per phase, measured in a child process per method, within bounds.
 
@@ -323,7 +323,7 @@ def _straddles(timings: Any, arm: str, reference: str, bounds: list[float | None
     return any(b is not None and lo <= b <= hi for b in bounds)
 
 
-@register_check("latency_overhead", params=LatencyOverheadParams)
+@register_check("latency_overhead", params=LatencyOverheadParams, resource=True)
 def latency_overhead(ctx: CheckContext, params: LatencyOverheadParams) -> Measurement:
     """Inference latency of the merged and the unmerged adapter as ratios to the base, same run."""
     from peftcheck.methods import can_merge
@@ -407,7 +407,7 @@ class ThroughputParams(CheckParams):
         return self
 
 
-@register_check("throughput", params=ThroughputParams, needs_training=True)
+@register_check("throughput", params=ThroughputParams, needs_training=True, resource=True)
 def throughput(ctx: CheckContext, params: ThroughputParams) -> Measurement:
     """Training tokens/s as a ratio to a reference method, timed in interleaved rounds."""
     from peftcheck.resources.calls import train_step_call

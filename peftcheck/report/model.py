@@ -55,6 +55,7 @@ class Cell:
     duration_s: float | None
     xfail_reason: str | None = None
     baseline_outcome: str | None = None
+    from_cache: bool = False  # replayed from the check cache: a reviewer sees it was not measured now
 
     @property
     def newly_failing(self) -> bool:
@@ -263,6 +264,7 @@ def _cell(record: Mapping[str, Any], baseline_checks: Mapping[str, Any]) -> Cell
         duration_s=seconds(record.get("duration_s")),
         xfail_reason=xfail.get("reason") if isinstance(xfail, Mapping) else None,
         baseline_outcome=(baseline_checks.get(check) or {}).get("outcome"),
+        from_cache=bool(record.get("from_cache")),
     )
 
 

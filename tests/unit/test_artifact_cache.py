@@ -3,6 +3,7 @@ entry is a warning and a retrain, resource figures are never served from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -170,21 +171,108 @@ DETERMINISTIC = [
 ]  # fmt: skip
 
 
-def test_a_hit_measures_what_the_cold_run_measured(tmp_path: Path) -> None:
+def _pc_suite(tmp_path: Path) -> dict[str, Any]:
     pairs = [("red:", " apple pie"), ("sky:", " blue rain"), ("cat:", " soft fur"), ("sea:", " salt wave")]
     rows = tmp_path / "pc.jsonl"
     rows.write_text("".join(json.dumps({"p": p, "c": c}) + "\n" for p, c in pairs * 8))
     suite = tiny_suite({"lora": LORA}, model="tiny-llama")
     suite["data"] = {"dataset": str(rows), "format": "prompt_completion", "prompt_field": "p", "completion_field": "c",
                      "split": "train[:24]", "eval_split": "train[-8:]", "max_length": 16}  # fmt: skip
+    return suite
+
+
+def _measure(cache: ArtifactCache, suite: dict[str, Any], checks: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    pipeline = Pipeline(progress=lambda line: None, cache=cache)
+    loaded = load(suite)
+    return {name: run_check(pipeline, loaded, "lora", name, **params) for name, params in checks}
+
+
+def test_a_hit_measures_what_the_cold_run_measured(tmp_path: Path) -> None:
+    import shutil
+
     cache = ArtifactCache(tmp_path / "cache", "on")
-    measured = {}
-    for run in ("cold", "warm"):
-        pipeline = Pipeline(progress=lambda line: None, cache=cache)
-        loaded = load(suite)
-        measured[run] = {name: run_check(pipeline, loaded, "lora", name, **params) for name, params in DETERMINISTIC}
-        assert pipeline.artifact(loaded, "lora").record["from_cache"] == (run == "warm")
+    suite = _pc_suite(tmp_path)
+    cold = _measure(cache, suite, DETERMINISTIC)
+    assert not any(m.from_cache for m in cold.values())
+    assert cold["label_masking"].passed, cold["label_masking"].message
+    shutil.rmtree(cache.root / "checks")  # the artifact from the cache, every check measured on it
+    warm = _measure(cache, suite, DETERMINISTIC)
+    replayed = _measure(cache, suite, DETERMINISTIC)  # the checks from the check cache
     for name, _ in DETERMINISTIC:
-        cold, warm = measured["cold"][name], measured["warm"][name]
-        assert (warm.passed, warm.value, warm.bound) == (cold.passed, cold.value, cold.bound), (name, cold, warm)
-    assert measured["cold"]["label_masking"].passed, measured["cold"]["label_masking"].message
+        # eval_perplexity reads the method's record (training's perplexities): it is never stored
+        assert not warm[name].from_cache and replayed[name].from_cache == (name != "eval_perplexity"), name
+        for again in (warm[name], replayed[name]):
+            assert (again.passed, again.value, again.bound, again.message) == (
+                cold[name].passed, cold[name].value, cold[name].bound, cold[name].message
+            ), (name, cold[name], again)
+
+
+def test_the_check_cache_reuses_only_what_the_artifact_and_parameters_decide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peftcheck.resources.footprint as footprint
+
+    cache = ArtifactCache(tmp_path / "cache", "on")
+    suite = _pc_suite(tmp_path)
+    checks = [("loss_decrease", {"min_relative": 0.05}), ("memory_footprint", {"max_mib": 1e4}), ("eval_perplexity", {})]
+    _measure(cache, suite, checks)
+    bound = _measure(cache, suite, [("loss_decrease", {"min_relative": 0.5})])["loss_decrease"]
+    assert not bound.from_cache  # another parameter: measured again, on the cached artifact
+    warm = _measure(cache, suite, checks)
+    assert warm["loss_decrease"].from_cache
+    # a resource check, and one that read the method's record (eval_perplexity): measured every run
+    assert not warm["memory_footprint"].from_cache and not warm["eval_perplexity"].from_cache
+    real = footprint.footprint
+    monkeypatch.setattr(footprint, "footprint", lambda model: dataclasses.replace(real(model), buffers_bytes=2**30))
+    assert _measure(cache, suite, checks)["memory_footprint"].value == pytest.approx(warm["memory_footprint"].value + 1024)
+
+    (entry,) = [e for e in (cache.root / "checks").rglob("loss_decrease-*.json")
+                if json.loads(e.read_text())["key"]["params"]["min_relative"] == 0.05]  # fmt: skip
+    stored = json.loads(entry.read_text())
+    stored["key"]["params"]["min_relative"] = 0.5  # a tampered entry: never served
+    entry.write_text(json.dumps(stored))
+    with pytest.warns(CacheWarning, match="check cache entry .* is unusable"):
+        again = _measure(cache, suite, checks)["loss_decrease"]
+    assert not again.from_cache and again.value == warm["loss_decrease"].value
+
+    off = _measure(ArtifactCache(tmp_path / "cache", "off"), suite, checks)["loss_decrease"]
+    assert not off.from_cache
+
+
+def test_adalora_is_cached_with_the_ranks_its_budget_left(tmp_path: Path) -> None:
+    """AdaLoRA writes its budget's masks into the config (rank_pattern) while it trains: a hit
+    restores them, so a save prunes to the trained ranks (it was not cached before)."""
+    adalora = {"peft": "AdaLoraConfig", "init_r": 6, "target_r": 2, "target_modules": ["q_proj", "v_proj"],
+               "tinit": 1, "tfinal": 1, "deltaT": 1}  # fmt: skip
+    cold = _run(_suite(adalora=adalora), tmp_path, "adalora")["adalora"]
+    assert cold.record["cache"]["stored"], cold.record["cache"]
+    pattern = cold.model.peft_config["default"].rank_pattern
+    assert pattern and any(not all(mask) for mask in pattern.values())  # the budget pruned some ranks
+    warm = _run(_suite(adalora=adalora), tmp_path, "adalora")["adalora"]
+    assert warm.record["from_cache"]
+    assert warm.model.peft_config["default"].rank_pattern == pattern
+    assert model_difference(cold.model, warm.model) is None
+
+
+def test_the_check_key_follows_the_bytes_of_the_files_a_check_reads(tmp_path: Path) -> None:
+    """forgetting reads data.unrelated, which the artifact's key does not hold: its bytes are in
+    the check's key, so an edited file is measured again."""
+    from types import SimpleNamespace
+
+    from peftcheck.check_cache import CheckCache
+    from peftcheck.checks.registry import get_check, parse_params
+
+    unrelated = tmp_path / "unrelated.jsonl"
+    unrelated.write_text('{"text": "two plus two is four"}\n')
+    suite = _pc_suite(tmp_path)
+    suite["data"].update(unrelated=str(unrelated), unrelated_split="train[:1]")
+    ctx = SimpleNamespace(suite=load(suite))
+    check = get_check("forgetting")
+    params, _ = parse_params(check, {"max_ratio": 1.25})
+    cache = CheckCache(ArtifactCache(tmp_path / "cache", "on"))
+    before = cache.key(ctx, check, params, "a" * 64)
+    assert cache.key(ctx, check, params, "a" * 64) == before
+    unrelated.write_text('{"text": "two plus two is five"}\n')
+    after = cache.key(ctx, check, params, "a" * 64)
+    assert after["files"]["unrelated"] != before["files"]["unrelated"]
+    assert cache.key(ctx, check, parse_params(check, {"max_ratio": 2.0})[0], "a" * 64)["params"] != after["params"]

@@ -206,3 +206,19 @@ def test_durations_read_like_the_terminals(seconds: float | None, text: str) -> 
     from peftcheck.report.format import duration
 
     assert duration(seconds) == text
+
+
+def test_a_check_replayed_from_the_check_cache_says_so() -> None:
+    run = records("regressed")
+    checks = [r for r in run if r["kind"] == "check"]
+    replayed = {**checks[0], "from_cache": True}
+    page = render_html(build_report([("r.jsonl", [r if r is not checks[0] else replayed for r in run])]))
+    cell = page[page.index(f'id="{_cell_anchor(replayed)}"'):]
+    assert "from the check cache" in cell[: cell.index("</td>")]
+    assert page.count("from the check cache") == 1  # the others were measured in the run
+
+
+def _cell_anchor(record: dict[str, Any]) -> str:
+    from peftcheck.report.model import _cell
+
+    return _cell(record, {}).anchor
