@@ -68,9 +68,9 @@ def add_cache_option(add: Any, prefix: str = "--peftcheck-") -> None:
         type=parse_cache_mode,
         default=None,
         metavar="MODE",
-        help="cache of trained artifacts under $PEFTCHECK_CACHE_DIR/artifacts: off, read (use entries, "
+        help="cache of trained artifacts and check results under $PEFTCHECK_CACHE_DIR/artifacts: off, read (use entries, "
         "store none), write (always train, store), on (both); default: $PEFTCHECK_CACHE, else on. "
-        "Resource checks always measure",
+        "Resource checks always measure (README: what is never cached)",
     )
 
 

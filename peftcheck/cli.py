@@ -115,8 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _suite_files(args.paths)  # a clear error before pytest starts
     extra = list(args.pytest_args)
-    if args.results:
-        extra += ["--peftcheck-results", args.results]
+    if args.peftcheck_results:
+        extra += ["--peftcheck-results", args.peftcheck_results]
     if args.peftcheck_cache:
         extra += ["--peftcheck-cache", args.peftcheck_cache]
     return int(pytest.main([*args.paths, "-p", "no:cacheprovider", *extra]))
@@ -159,11 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run suites through pytest", usage="peftcheck run PATH... [--results FILE] [--cache MODE] [-- PYTEST_ARGS...]"
     )
     run.add_argument("paths", nargs="+", metavar="PATH")
-    run.add_argument("--results", metavar="FILE",
-                     help="results file, a relative FILE under the current directory (default reports/results.jsonl)")
-    from peftcheck.artifact_cache import add_cache_option
+    from peftcheck.plugin import add_run_options
 
-    add_cache_option(run.add_argument, prefix="--")
+    add_run_options(run.add_argument, prefix="--", results_default=None)
     run.set_defaults(func=cmd_run, pytest_args=[])
     validate = sub.add_parser("validate", help="check suites without training")
     validate.add_argument("paths", nargs="+", metavar="PATH")

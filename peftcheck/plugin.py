@@ -15,29 +15,30 @@ from peftcheck.xdist import XdistPlugin, configure_worker
 
 def parse_results_path(value: str) -> str:
     if not value.strip() or value.endswith(("/", "\\")):
-        raise argparse.ArgumentTypeError(f"--peftcheck-results: got {value!r}, expected a file path")
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected a file path")
     return value
 
 
-def add_run_options(add: Any, prefix: str = "--peftcheck-") -> None:
-    """The run options, shared by the pytest plugin and `peftcheck run`."""
+def add_run_options(add: Any, prefix: str = "--peftcheck-", results_default: str | None = "reports/results.jsonl") -> None:
+    """The run options, shared by the pytest plugin and `peftcheck run` (prefix ``--``, which
+    hands only what was given on to pytest: ``results_default`` None)."""
+    from peftcheck.artifact_cache import add_cache_option
+
     add(
         f"{prefix}results",
         dest="peftcheck_results",
         type=parse_results_path,
-        default="reports/results.jsonl",
+        default=results_default,
         metavar="FILE",
         help="JSON-lines results file, one record per check and per trained method; a relative "
         "FILE is under the directory pytest is run from, not the rootdir (default: reports/results.jsonl)",
     )
+    add_cache_option(add, prefix)  # issue 14
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from peftcheck.artifact_cache import add_cache_option
-
     group = parser.getgroup("peftcheck", "peftcheck: PEFT suites")
     add_run_options(group.addoption)
-    add_cache_option(group.addoption)  # issue 14
     group.addoption(
         "--peftcheck-shard", dest="peftcheck_shard", type=parse_shard, default=None, metavar="I/N",
         help="run shard I of N (1 <= I <= N): whole method clusters, balanced by the baseline's "

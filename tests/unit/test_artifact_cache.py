@@ -110,9 +110,12 @@ def test_a_damaged_entry_warns_and_retrains(tmp_path: Path, damage: str) -> None
     assert _run(_suite(), tmp_path, "lora")["lora"].record["from_cache"]  # the retrain replaced the entry
 
 
-def test_a_method_whose_reload_differs_is_not_cached(tmp_path: Path) -> None:
-    """AdaLoRA's rank allocator writes rank_pattern into its config while training (state a
-    rebuild does not restore); p-tuning's encoder is training-only state too, but rebuilt here."""
+def test_a_method_whose_reload_differs_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted: the config fields training wrote are not restored (as before AdaLoRA's
+    rank_pattern was): the reload is not the trained model, so nothing is stored or served."""
+    import peftcheck.artifact_cache as artifact_cache
+
+    monkeypatch.setattr(artifact_cache, "restore_configs", lambda model, stored: None)
     adalora = {"peft": "AdaLoraConfig", "init_r": 6, "target_r": 2, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     cold = _run(_suite(adalora=adalora), tmp_path, "adalora")["adalora"]
     assert cold.record["cache"]["stored"] is False
