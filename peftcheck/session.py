@@ -91,6 +91,7 @@ class Session:
         self.xdist: Any = None  # peftcheck.xdist.XdistPlugin on an xdist controller
         self.publisher: Any = None  # report.plugin.ReportSession where that plugin is loaded
         self.written = False
+        self.reused: str | None = None  # the cache line of the summary
         self.reports = _ReportHook(self)
 
     @classmethod
@@ -251,6 +252,7 @@ class Session:
         if records:  # only a run that measured something replaces the file
             write_results(self.results_path, records, session=self.session_fields())
             self.written = True
+        self.reused = _reuse_line(records)
         if self.publisher is not None:
             session = {"kind": "session", "argv": sys.argv, "env": _environment(), **self.session_fields()}
             runs = [(str(self.results_path), [session, *records, {"kind": "end", "env": _environment()}])]
@@ -260,8 +262,22 @@ class Session:
         """Said even with -q: where to look. In the summary, where it starts a line of its own."""
         if self.written:
             terminal.write_line(f"peftcheck: results written to {self.results_path}")
+        if self.reused:
+            terminal.write_line(self.reused)
         if self.publisher is not None:
             self.publisher.summarize(terminal)
+
+
+def _reuse_line(records: list[dict[str, Any]]) -> str | None:
+    """What came from the caches, so a fast run is not mistaken for a measured one (issue 14)."""
+    methods = [r for r in records if r.get("kind") == "method" and r.get("status") == "trained"]
+    checks = [r for r in records if r.get("kind") == "check" and r.get("outcome") != "skipped"]
+    served = sum(bool(r.get("from_cache")) for r in methods)
+    replayed = sum(bool(r.get("from_cache")) for r in checks)
+    if not served and not replayed:
+        return None
+    return (f"peftcheck: {served} of {len(methods)} methods from the artifact cache, {replayed} of {len(checks)} "
+            "checks replayed from the check cache (--peftcheck-cache off measures everything)")  # fmt: skip
 
 
 def _environment() -> dict[str, Any]:

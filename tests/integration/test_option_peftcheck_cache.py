@@ -24,11 +24,15 @@ def _write(pytester: pytest.Pytester, bound: float) -> None:
     pytester.makefile(".yaml", tiny=yaml.safe_dump(suite, sort_keys=False))
 
 
-def _method(pytester: pytest.Pytester, *args: str) -> dict[str, Any]:
+def _method(pytester: pytest.Pytester, *args: str, says: str | None = None) -> dict[str, Any]:
+    """The method record; ``says``: the summary's cache line (none where nothing was reused)."""
     result = pytester.runpytest("-p", "no:peftcheck_report", "-p", "no:cacheprovider", *args)
     assert result.ret == 0, result.stdout.str()
+    lines = [line for line in result.stdout.lines if "from the artifact cache," in line]
+    assert lines == ([says] if says else []), result.stdout.str()
     records = [json.loads(line) for line in (pytester.path / "reports" / "results.jsonl").read_text().splitlines()]
     (method,) = [r for r in records if r["kind"] == "method"]
+    method["checks"] = {r["check"]: r["from_cache"] for r in records if r["kind"] == "check"}
     return method
 
 
@@ -40,11 +44,19 @@ def test_a_bound_only_change_is_served_from_the_cache(
     _write(pytester, 0.001)
     cold = _method(pytester)
     assert cold["from_cache"] is False and cold["cache"]["stored"] is True
+    assert cold["checks"] == {"loss_decrease": False, "base_frozen": False}
     _write(pytester, 0.0001)
-    warm = _method(pytester)
+    line = ("peftcheck: 1 of 1 methods from the artifact cache, {} of 2 checks replayed from the check cache "
+            "(--peftcheck-cache off measures everything)")  # fmt: skip
+    warm = _method(pytester, says=line.format(1))
     assert warm["from_cache"] is True and warm["loss_curve"] == cold["loss_curve"]
     assert "train_time_s" not in warm["metrics"]
-    assert _method(pytester, "--peftcheck-cache", "off")["from_cache"] is False
+    # the changed bound is a changed parameter: measured again, on the cached artifact
+    assert warm["checks"] == {"loss_decrease": False, "base_frozen": True}
+    again = _method(pytester, says=line.format(2))
+    assert again["checks"] == {"loss_decrease": True, "base_frozen": True}
+    off = _method(pytester, "--peftcheck-cache", "off")
+    assert off["from_cache"] is False and off["checks"] == {"loss_decrease": False, "base_frozen": False}
 
 
 def test_a_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
