@@ -105,20 +105,21 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _files(root: Path) -> list[Path]:
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
 @functools.lru_cache(maxsize=16)
 def _folder_digest(folder: str, stamp: tuple[Any, ...]) -> dict[str, str]:
     """sha256 of every file below ``folder`` (``stamp``: sizes and mtimes, so an edit rehashes)."""
     root = Path(folder)
-    return {
-        str(p.relative_to(root)): _file_sha256(p)
-        for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")
-    }  # fmt: skip
+    return {(str(p.relative_to(root)) if p != root else p.name): _file_sha256(p) for p in _files(root)}
 
 
 def files_digest(folder: str | Path) -> dict[str, str]:
+    """sha256 of a file, or of every file below a folder, hashed once while none changes."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _files(root))
     return _folder_digest(str(root.resolve()), stamp)
 
 

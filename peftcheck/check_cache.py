@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from peftcheck.artifact_cache import ArtifactCache, _canonical, _digest, _file_sha256, files_digest
+from peftcheck.baseline.store import write_atomic
 
 __all__ = ["CheckCache", "UNCACHED_READS"]
 
@@ -41,9 +40,7 @@ def _local_digest(ref: Any, base_dir: Path) -> str | None:
         return None
     for path in (Path(ref), base_dir / ref):
         try:
-            if path.is_file():
-                return _file_sha256(path)
-            if path.is_dir():
+            if path.exists():  # hashed once per run while it is unchanged: every check item asks
                 return _digest(files_digest(path))
         except OSError:
             return None
@@ -102,7 +99,7 @@ class CheckCache:
             return None
 
     def store(self, key: dict[str, Any], measurement: dict[str, Any]) -> dict[str, Any] | None:
-        """Write atomically; returns the measurement as a hit will read it (tuples as lists), or
+        """Written atomically; returns the measurement as a hit will read it (tuples as lists), or
         None where it was not stored."""
         if not self.artifacts.writes:
             return None
@@ -110,16 +107,7 @@ class CheckCache:
             text = json.dumps({"key": key, "measurement": measurement}, sort_keys=True, default=_scalar)
         except (TypeError, ValueError):  # a key JSON cannot hold (a tuple): measured every run
             return None
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(self._path(key), text)
         return json.loads(text)["measurement"]
 
 

@@ -122,7 +122,6 @@ class Check:
     needs_training: bool = False
     resource: bool = False  # measures this machine (time, memory): never served from a cache
 
-    _REPLAYED: ClassVar[tuple[str, ...]] = ("passed", "value", "bound", "message", "unit", "details", "metrics", "samples")
 
     def run(self, ctx: "CheckContext", params: CheckParams) -> Measurement:
         """The check's Measurement, with the metrics and samples it put on ``ctx``."""
@@ -142,7 +141,8 @@ class Check:
 
         if key is not None and not ctx.reads & set(UNCACHED_READS):
             # what a hit will replay, so this run's record is the one the next run reads
-            stored = cache.store(key, {f: getattr(measurement, f) for f in self._REPLAYED})
+            replayed = [f.name for f in dataclasses.fields(measurement) if f.name != "from_cache"]
+            stored = cache.store(key, {f: getattr(measurement, f) for f in replayed})
             if stored is not None:
                 measurement.details, measurement.metrics, measurement.samples = (
                     stored["details"], stored["metrics"], stored["samples"]
