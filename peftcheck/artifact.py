@@ -157,7 +157,7 @@ def load(pipeline: Any, suite: Any, method: str) -> tuple[Any, ...]:
     from peftcheck import methods
     from peftcheck.measure import perplexity
     from peftcheck.record import environment
-    from peftcheck.train import TrainResult
+    from peftcheck.train import TrainResult, trainable_snapshot
 
     started = time.perf_counter()
     spec, mspec, path = suite.spec, suite.spec.methods[method], folder(suite, method)
@@ -178,7 +178,7 @@ def load(pipeline: Any, suite: Any, method: str) -> tuple[Any, ...]:
         for param in model.prompt_encoder.parameters():
             param.requires_grad_(True)
     trainable, total = methods.parameter_counts(model)
-    initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    initial = trainable_snapshot(model)
     curve = logged_loss_curve(path) or []
     result = TrainResult(loss_curve=curve, step_times_s=[], train_time_s=0.0, tokens_seen=0,
                          memory_before_mib=0.0, memory_peak_mib=0.0)  # fmt: skip

@@ -237,7 +237,7 @@ class Pipeline:
         from peftcheck.measure import perplexity
         from peftcheck.progress import MethodProgress
         from peftcheck.record import environment
-        from peftcheck.train import train_model
+        from peftcheck.train import train_model, trainable_snapshot
 
         from peftcheck import artifact as saved
 
@@ -262,7 +262,7 @@ class Pipeline:
                 copy.deepcopy(base.training_source), copy.deepcopy(untrained_config) if again else config,
                 quantization=mspec.quantization, name=method,
             )  # fmt: skip
-            return model, {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            return model, trainable_snapshot(model)
 
         # SFTTrainer applies the adapter itself and may widen its config (modules_to_save, trainable
         # tokens): a hit could not rebuild that model, so trainer: sft methods always train
@@ -288,7 +288,7 @@ class Pipeline:
                 device=base.device, quantization=mspec.quantization, method=method,
             )  # fmt: skip
             model, config = sft.model, sft.config  # the effective config: checks count from it
-            initial = {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            initial = trainable_snapshot(model)
         else:
             model, initial = fresh()
         if not initial:
@@ -328,12 +328,9 @@ class Pipeline:
             "prepare_time_s": time.perf_counter() - started, "from_cache": False, "cache": None,
         }  # fmt: skip
         if key is not None and self.cache.writes:
-            # the rows are the suite's data, rebuilt on a hit: stored, they became a dict of columns
-            # that label_masking could not read (CI at 209ad02)
-            train = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "train_dataset"}
             from peftcheck.artifact_cache import trained_configs
 
-            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": train,
+            meta = {"record": {k: record[k] for k in _CACHED_FIELDS}, "train": result.recorded(),
                     "peft_config": trained_configs(model)}  # fmt: skip
             record["cache"] = self.cache.store(key, model=model, initial=initial, meta=meta, rebuild=lambda: fresh(again=True))
             record["prepare_time_s"] = time.perf_counter() - started
@@ -358,8 +355,7 @@ class Pipeline:
 
         spec, mspec = suite.spec, suite.spec.methods[method]
         model, initial = fresh()
-        entry.load_into(model)
-        model.eval()
+        entry.load_into(model)  # and leaves it in eval mode, as training does
         then = entry.meta["record"]
         train = entry.meta["train"]
         result = TrainResult(**{**train, "loss_curve": [tuple(p) for p in train["loss_curve"]]})

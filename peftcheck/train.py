@@ -47,6 +47,16 @@ class TrainResult:
     def tokens_per_s(self) -> float:
         return self.tokens_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
+    def recorded(self) -> dict[str, Any]:
+        """The figures, for the artifact cache: not the rows, which a hit rebuilds from the suite's
+        data (stored, they would come back as a dict of columns)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train_dataset"}
+
+
+def trainable_snapshot(model: Any) -> dict[str, Any]:
+    """A CPU copy of every trainable tensor: the adapter as initialised, before any step."""
+    return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
 
 StepProgress = Callable[[int, int, float | None], Any]
 """Called as ``progress(step, total_steps, last_loss)``: step 0 when training starts, then once a step."""
