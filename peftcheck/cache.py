@@ -60,7 +60,7 @@ class SuiteData:
     eval_texts: list[str]
     raw_train: Any = None  # the untokenized rows: TRL's SFTTrainer tokenizes them itself (issue 15)
     raw_eval: Any = None
-    tokenizer: Any = None  # the base's, or a copy with the suite's data.chat_template
+    tokenizer: Any = None  # the base's, or a copy with the suite's data.chat_template; Pipeline.data always sets it
 
 
 @dataclasses.dataclass

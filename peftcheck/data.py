@@ -188,7 +188,7 @@ def sft_rows(dataset: Any, spec: Any) -> Any:
 
 def held_out_prompts(dataset: Any, tokenizer: Any, spec: Any, count: int) -> list[tuple[str, str]]:
     """(prompt, reference) pairs of a held-out split: the prompt column, or the conversation up
-    to its last assistant turn rendered with the generation prompt; None for text data."""
+    to its last assistant turn rendered with the generation prompt; none for text data."""
     _columns(dataset, spec, _fields(spec), "data")
     pairs = []
     for row in dataset.select(range(min(count, len(dataset)))):

@@ -115,8 +115,10 @@ class _CountingCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
-        mask = batch["attention_mask"] if "attention_mask" in batch else batch["input_ids"]
-        self.result.tokens_seen += int((mask != 0).sum()) if "attention_mask" in batch else int(mask.numel())
+        if "attention_mask" in batch:
+            self.result.tokens_seen += int((batch["attention_mask"] != 0).sum())
+        else:  # a collator that returns no attention mask: every token is a real one
+            self.result.tokens_seen += int(batch["input_ids"].numel())
         return batch
 
 

@@ -54,7 +54,7 @@ def label_masking(ctx: CheckContext, params: LabelMaskingParams) -> Measurement:
     dataset = artifact.train.train_dataset
     if dataset is None or "input_ids" not in dataset.column_names:
         raise NotApplicable("the trainer kept no tokenized training rows to inspect")
-    tokenizer = artifact.data.tokenizer or artifact.base.tokenizer
+    tokenizer = artifact.data.tokenizer
     scope = spec.loss_scope
     rows = dataset.select(range(min(params.samples, len(dataset))))
     raw = artifact.data.raw_train
@@ -139,7 +139,7 @@ def stops(ctx: CheckContext, params: StopsParams) -> Measurement:
     if spec.format == "text":
         raise NotApplicable("text data has no end of a completion to learn; stops needs format prompt_completion or messages")
     artifact = ctx.artifact()
-    tokenizer = artifact.data.tokenizer or artifact.base.tokenizer
+    tokenizer = artifact.data.tokenizer
     rows = artifact.data.raw_eval if artifact.data.raw_eval is not None else artifact.data.raw_train
     prompts = [p for p, _ in held_out_prompts(rows, tokenizer, spec, params.samples)]
     kwargs = {"max_new_tokens": params.max_new_tokens, "device": artifact.device}
@@ -183,7 +183,7 @@ def canary(ctx: CheckContext, params: CanaryParams) -> Measurement:
 
     suite, mspec = ctx.suite.spec, ctx.spec
     base = ctx.base()
-    tokenizer = ctx.pipeline.data(ctx.suite, base.tokenizer).tokenizer or base.tokenizer
+    tokenizer = ctx.pipeline.data(ctx.suite, base.tokenizer).tokenizer
     args = {**suite.train_args(ctx.method), "max_steps": params.steps, "per_device_train_batch_size": params.batch_size,
             "gradient_accumulation_steps": 1, "warmup_steps": 0}  # fmt: skip
     if params.learning_rate is not None:
