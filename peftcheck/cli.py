@@ -1,4 +1,4 @@
-"""peftcheck run | validate | list | schema | fixtures | report | matrix."""
+"""peftcheck run | validate | list | schema | fixtures | report | matrix | grid | findings."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures = sub.add_parser("fixtures", help="build the built-in models into the cache")
     fixtures.add_argument("names", nargs="*", metavar="NAME")
     fixtures.set_defaults(func=cmd_fixtures)
-    for module in ("peftcheck.report.cli", "peftcheck.matrix", "peftcheck.report.grid"):
+    for module in ("peftcheck.report.cli", "peftcheck.matrix", "peftcheck.report.grid", "peftcheck.findings"):
         try:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
         except ImportError:

@@ -115,6 +115,7 @@ class MatrixCell:
     xfail: str | None = None
     flip: str | None = None  # "regressed" | "fixed" | None
     flip_from: str | None = None  # label of the column it flipped from
+    finding: str | None = None  # what the record says of a shipped finding (peftcheck.findings.status)
 
     @property
     def text(self) -> str:
@@ -169,6 +170,11 @@ class Matrix:
         return list(groups.values())
 
     @property
+    def finding_rows(self) -> list[Row]:
+        """The rows that carry a shipped finding (a strict xfail) in some column (issue 24)."""
+        return [r for r in self.rows if any(c.xfail for c in r.cells)]
+
+    @property
     def wall_s(self) -> float:
         return sum((c.install_s or 0) + (c.run_s or 0) for c in self.columns)
 
@@ -220,12 +226,14 @@ def _cell(record: dict[str, Any] | None, column: Column, suite_files: set[str]) 
         if column.status in ("import-failed", "no-results") and ran:
             return MatrixCell("error", message=f"{column.status_text}: {column.reason or ''}".strip())
         return MatrixCell(None, message=f"{column.status_text}: {column.reason}" if column.reason else "")
+    from peftcheck.findings import status
+
     xfail = record.get("xfail")
     value = record.get("value")
     return MatrixCell(
         _legacy_outcome(record), value if isinstance(value, (int, float)) else None,
         record.get("unit"), record.get("bound"), str(record.get("message") or ""),
-        str(xfail.get("reason")) if isinstance(xfail, dict) else None,
+        str(xfail.get("reason")) if isinstance(xfail, dict) else None, finding=status(record)[0],
     )  # fmt: skip
 
 

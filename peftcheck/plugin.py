@@ -73,6 +73,8 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    if isinstance(item, CheckItem) and report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):
+        report.longrepr = f"{report.longrepr}\n{item.xfail.closing()}"  # issue 24: the version to close at
     if isinstance(item, CheckItem) and (report.when == "call" or (report.when == "setup" and not report.passed)):
         item.config.stash[SESSION_KEY].record_check(item, report)
     return report

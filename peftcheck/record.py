@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from peftcheck.tested import differences
+
 __all__ = [
     "ResultsWriter", "environment", "cpu_flags", "read_records", "SCHEMA_VERSION",
     "Outcome", "OUTCOMES", "CheckRecord", "MethodRecord", "write_results",
@@ -65,6 +67,8 @@ def environment() -> dict[str, Any]:
         "cpu_model": _cpuinfo().get("model name") or platform.processor() or None,
         "cpu_flags": sorted(cpu_flags().intersection(_KERNEL_FLAGS)),
         "versions": {p: _version(p) for p in _PACKAGES},
+        # decisive packages at another version than constraints.txt pins (issue 24)
+        "untested": [d.describe() for d in differences()],
     }
     torch = sys.modules.get("torch")
     if torch is not None:

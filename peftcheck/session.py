@@ -106,7 +106,10 @@ class Session:
 
     def header(self) -> list[str]:
         """Where this run writes, said before it starts (the end of a long run is far away)."""
-        lines = [f"peftcheck: results to {self.results_path}"]
+        from peftcheck.tested import differences, notice
+
+        lines = [line] if (line := notice(differences())) else []  # issue 24: said before anything runs
+        lines.append(f"peftcheck: results to {self.results_path}")
         if self.shard is not None:
             lines.append(f"peftcheck: shard {self.shard} (whole method clusters, balanced by baseline train times)")
         return lines + (self.publisher.header() if self.publisher is not None else [])
@@ -163,6 +166,10 @@ class Session:
         if xfail is not None:
             outcome = "xfailed" if report.skipped else "xpassed"
         message = measurement.message if measurement else ""
+        if item.xfail is not None and report.failed and measurement is not None and measurement.passed:
+            # a strict XPASS: red in pytest, and recorded as the finding being fixed (issue 24)
+            outcome, xfail = "xpassed", item.xfail.describe()
+            message = f"{message}; {item.xfail.closing()}" if message else item.xfail.closing()
         if report.skipped and xfail is None and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2]).removeprefix("Skipped: ")
         elif measurement is None and report.failed:
@@ -399,7 +406,8 @@ class CheckItem(pytest.Item):
         self.check_name = self.name
         self.check = get_check(self.name)
         self.params, xfail = parse_params(self.check, raw)
-        if xfail is not None and xfail.applies():
+        self.xfail = xfail if xfail is not None and xfail.applies() else None
+        if self.xfail is not None:
             self.add_marker(pytest.mark.xfail(reason=xfail.describe(), strict=xfail.strict, raises=CheckFailed))
 
     def runtest(self) -> None:

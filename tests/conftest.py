@@ -5,6 +5,7 @@ Pick one with ``pytest --hypothesis-profile=thorough``; without the option "ci" 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -14,6 +15,25 @@ import pytest
 # an artifact cache would store those artifacts or serve real ones to them (issue 14). Tests of
 # the cache pass --peftcheck-cache or an ArtifactCache themselves.
 os.environ.setdefault("PEFTCHECK_CACHE", "off")
+
+
+# Modules that register torch operators or C extensions at import: importing one of them a second
+# time in one process raises (bitsandbytes: "Tried to register an operator ... multiple times").
+# Optional ones are imported only where installed.
+_ML_STACK = ("torch", "transformers", "peft", "datasets", "bitsandbytes", "peft.tuners.lora.bnb",
+             "transformers.integrations.bitsandbytes", "trl")
+
+
+def _import_ml_stack() -> None:
+    for name in _ML_STACK:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            importlib.import_module(name)
+
+
+# pytester's in-process runs restore sys.modules afterwards, so whatever an inner run imported
+# first is dropped and imported again by the next test; peft 0.22.0 imports bitsandbytes lazily,
+# which made every test after the first in-process run that loaded it fail (issue 24).
+_import_ml_stack()
 
 
 def _register_profiles() -> None:

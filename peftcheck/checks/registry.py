@@ -67,27 +67,52 @@ class XfailSpec(BaseModel):
     )
     strict: bool = Field(True, description="An unexpected pass fails the item.")
 
-    def applies(self) -> bool:
-        """Whether the installed versions and this machine's CPU match ``when`` and ``cpu_flags``."""
+    def installed(self) -> dict[str, str | None]:
+        """Package -> its installed version (None where it is not installed), for ``when``'s packages."""
         from importlib import metadata
 
+        versions: dict[str, str | None] = {}
+        for package in self.when:
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = None
+        return versions
+
+    def applies(self) -> bool:
+        """Whether the installed versions and this machine's CPU match ``when`` and ``cpu_flags``."""
         from packaging.specifiers import SpecifierSet
 
         from peftcheck.record import cpu_flags
 
-        for package, spec in self.when.items():
-            try:
-                version = metadata.version(package)
-            except metadata.PackageNotFoundError:
-                return False
-            if version not in SpecifierSet(spec, prereleases=True):
+        for package, version in self.installed().items():
+            if version is None or version not in SpecifierSet(self.when[package], prereleases=True):
                 return False
         return set(self.cpu_flags) <= cpu_flags()
+
+    def closing(self) -> str:
+        """What an unexpected pass means for the range: the ``when`` that closes it below the
+        versions installed now (issue 24: a range stays open until a fixed release is seen)."""
+        installed = self.installed()
+        if not installed:
+            return "no version range to close: the finding holds unconditionally; remove the xfail once fixed"
+        closed = ", ".join(f'{package}: "{spec},<{installed[package]}"' for package, spec in self.when.items())
+        here = ", ".join(f"{package} {version}" for package, version in installed.items())
+        return (f"an unexpected pass with {here} means fixed upstream: close the range at the release that "
+                f"fixed it, e.g. when: {{{closed}}} (keep only the package whose release fixed it)")
 
     def describe(self) -> str:
         """The reason with the conditions it holds under, as pytest shows it."""
         conditions = [f"{k}{v}" for k, v in self.when.items()] + [f"cpu:{f}" for f in self.cpu_flags]
         return self.reason + (f" [{', '.join(conditions)}]" if conditions else "")
+
+    def mark(self, raises: type[BaseException] | tuple[type[BaseException], ...] | None = None) -> Any:
+        """This finding as a strict pytest xfail mark for a plain test (a reproduction in tests/);
+        its reason ends with what an unexpected pass means for the range."""
+        import pytest
+
+        reason = f"{self.describe()}; {self.closing()}" if self.when else self.describe()
+        return pytest.mark.xfail(self.applies(), reason=reason, strict=self.strict, raises=raises)
 
 
 @dataclasses.dataclass

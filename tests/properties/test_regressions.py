@@ -1,8 +1,9 @@
 """Counterexamples the properties found in peft 0.21.2 (torch 2.13.0), kept as regression tests.
 
 Each is a property over drawn MLPs with the minimal counterexample pinned by ``@example``, and
-is ``xfail(strict=True)`` while the bug lasts: once peft fixes it the test passes, the strict
-xfail fails, and the marker (and the matching precondition in test_state_machine.py) can go.
+is a strict xfail from peft 0.21.2 on, open until a fixed release is seen (issue 24): once peft
+fixes it the test passes, the strict xfail fails naming the version, and the range closes there
+(and the matching precondition in test_state_machine.py goes).
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from peftcheck import strategies as ps
+from peftcheck.checks.registry import XfailSpec
 
 MINIMAL = ps.mlp_recipe((4, 4, 4))  # one hidden Linear ("hidden.0") and the "head"
 seeds = st.integers(0, 2**16)
+
+
+def _finding(reason: str, raises: type[BaseException] | None = None, when: str = ">=0.21.2") -> pytest.MarkDecorator:
+    return XfailSpec(reason=reason, when={"peft": when}).mark(raises)
 
 
 def _lora(targets: list[str], *, dropout: float = 0.0) -> LoraConfig:
@@ -44,9 +50,8 @@ def _batch(base: ps.TinyModel, seed: int) -> dict[str, torch.Tensor]:
     return {"x": torch.randn(3, base.input_size, generator=torch.Generator().manual_seed(seed))}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peft 0.21.2: deleting the active adapter lets every layer pick its own first "
+@_finding(
+    "upstream (peft 0.21.2): deleting the active adapter lets every layer pick its own first "
     "remaining adapter, so layers run different adapters than model.active_adapter reports",
 )
 @given(ps.mlps(), seeds)
@@ -65,11 +70,10 @@ def test_delete_active_adapter_runs_the_reported_adapter(base: ps.TinyModel, see
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="peft 0.21.2: deleting the active adapter when the first adapter layer has no other "
+@_finding(
+    "upstream (peft 0.21.2): deleting the active adapter when the first adapter layer has no other "
     "adapter leaves model.active_adapter naming the deleted one; forward raises KeyError",
+    raises=KeyError,
 )
 @given(ps.mlps(), seeds)
 @example(MINIMAL, 0)  # one on [hidden.0, head] (active); two on [head]; delete one
@@ -83,11 +87,10 @@ def test_delete_active_adapter_leaves_a_usable_model(base: ps.TinyModel, seed: i
     assert model.active_adapter == "two"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="peft 0.21.2: after deleting the only adapter, PeftModel.forward looks up the "
+@_finding(
+    "upstream (peft 0.21.2): after deleting the only adapter, PeftModel.forward looks up the "
     "deleted adapter's config and raises KeyError instead of running the base",
+    raises=KeyError,
 )
 @given(ps.mlps(), seeds)
 @example(MINIMAL, 0)
@@ -98,10 +101,10 @@ def test_forward_after_deleting_the_only_adapter(base: ps.TinyModel, seed: int) 
     assert torch.equal(out, ps.model_output(base.build(), _batch(base, seed)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peft 0.21.2: add_adapter on a model in eval() mode creates the new adapter's "
+@_finding(
+    "upstream (peft 0.21.2): add_adapter on a model in eval() mode creates the new adapter's "
     "lora_dropout in training mode, so inference with that adapter is random",
+    when=">=0.21.2,<0.22.0",  # passes on 0.22.0
 )
 @given(ps.mlps(), seeds)
 @example(MINIMAL, 0)
@@ -114,9 +117,8 @@ def test_add_adapter_on_an_eval_model_is_deterministic(base: ps.TinyModel, seed:
     assert all(torch.equal(first, other) for other in others), "forward passes of an eval() model differ"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peft 0.21.2: add_adapter while adapters are disabled wraps new layers enabled; after "
+@_finding(
+    "upstream (peft 0.21.2): add_adapter while adapters are disabled wraps new layers enabled; after "
     "set_adapter the 'disabled' model applies the new adapter there (status 'irregular')",
 )
 @given(ps.mlps(), seeds)

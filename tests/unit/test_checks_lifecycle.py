@@ -66,7 +66,7 @@ def test_prompt_learning_generates_and_says_what_does_not_apply(sound: Any) -> N
         run_check(pipeline, loaded, "prefix", "gradient_checkpointing")
 
 
-@pytest.mark.xfail(PREFIX_GENERATE.applies(), reason=PREFIX_GENERATE.describe(), strict=True)
+@PREFIX_GENERATE.mark()
 def test_prefix_tuning_generates_from_its_forward(sound: Any) -> None:
     """The check finds tests/unit/test_peft_prefix_generate.py's upstream bug on a trained prefix."""
     pipeline, loaded = sound
@@ -197,7 +197,7 @@ def test_adapters_of_the_suite_share_one_base(sound: Any) -> None:
         run_check(pipeline, loaded, "lora", "co_resident", adapters=["ia3"])  # PeftMixedModel has no IA3
 
 
-@pytest.mark.xfail(MIXED_ADAPTER_NAMES.applies(), reason=MIXED_ADAPTER_NAMES.describe(), strict=True)
+@MIXED_ADAPTER_NAMES.mark()
 def test_a_mixed_batch_over_adapters_of_two_types(sound: Any) -> None:
     """The check finds tests/unit/test_peft_mixed_adapter_names.py's upstream bug."""
     pipeline, loaded = sound

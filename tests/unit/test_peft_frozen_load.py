@@ -18,9 +18,9 @@ from peftcheck.checks.registry import XfailSpec
 
 _FROZEN_LOAD = XfailSpec(
     reason="upstream (peft 0.13.2-0.21.2): from_pretrained(is_trainable=False) leaves the prompt encoder trainable",
-    when={"peft": ">=0.13.2,<=0.21.2"},  # measured on 0.13.2, 0.14.0, 0.17.1, 0.18.0 and 0.21.2
+    when={"peft": ">=0.13.2,<0.22.0"},  # on 0.13.2, 0.14.0, 0.17.1, 0.18.0 and 0.21.2; fixed in 0.22.0
 )
-PROMPT_LOAD_TRAINABLE = pytest.mark.xfail(_FROZEN_LOAD.applies(), reason=_FROZEN_LOAD.describe(), strict=True)
+PROMPT_LOAD_TRAINABLE = _FROZEN_LOAD.mark()
 
 
 def _base() -> Any:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from helpers import MIXED_ADAPTER_NAMES, tiny_llama
 
 
-@pytest.mark.xfail(MIXED_ADAPTER_NAMES.applies(), reason=MIXED_ADAPTER_NAMES.describe(), strict=True)
+@MIXED_ADAPTER_NAMES.mark()
 def test_a_mixed_model_runs_each_row_with_its_named_adapter_or_refuses(tmp_path: Path) -> None:
     from peft import LoHaConfig, LoraConfig, PeftMixedModel, get_peft_model
 

@@ -194,3 +194,16 @@ def _metric_rows(readme: str) -> set[str]:
     section = readme.split("Every metric has a direction and a tolerance", 1)[1].split("\n\n", 2)[1]
     return _documented_checks(section)
 
+
+
+def test_an_unexpected_pass_names_the_version_to_close_the_range_at() -> None:
+    """Issue 24: a finding's range stays open, and its XPASS says where to close it."""
+    from importlib import metadata
+
+    from peftcheck.checks import XfailSpec
+
+    here = metadata.version("pytest")
+    spec = XfailSpec(reason="known", when={"pytest": ">=1"})
+    assert f'when: {{pytest: ">=1,<{here}"}}' in spec.closing() and f"pytest {here}" in spec.closing()
+    assert spec.mark().kwargs["reason"].startswith("known [pytest>=1]; an unexpected pass with pytest")
+    assert "no version range" in XfailSpec(reason="always").closing()
