@@ -211,5 +211,6 @@ def test_planted_set_adapter_without_unmerge_is_caught(monkeypatch: pytest.Monke
     monkeypatch.setattr(tuners_utils, "set_adapter", sticky)
     with pytest.raises(AssertionError, match="reference"):
         run_state_machine_as_test(
-            AdapterMachine, settings=settings(PLANTED, max_examples=60, stateful_step_count=15)
+            # derandomized: a planted defect must be caught on every run, in any file order (issue 24)
+            AdapterMachine, settings=settings(PLANTED, max_examples=60, stateful_step_count=15, derandomize=True)
         )
