@@ -45,8 +45,8 @@ def shipped(paths: Sequence[str]) -> tuple[list[Finding], dict[tuple[str, str, s
                 _, xfail = split_params(dict(raw))
                 if xfail is None:
                     continue
-                conditions = [f"{k}{v}" for k, v in xfail.when.items()] + [f"cpu:{f}" for f in xfail.cpu_flags]
-                finding = Finding(f"{path}::{spec.suite}::{method}::{check}", xfail.reason, ", ".join(conditions) or "always")
+                keys = ", ".join(xfail.conditions()) or "always"
+                finding = Finding(f"{path}::{spec.suite}::{method}::{check}", xfail.reason, keys)
                 found.append(finding)
                 index[(spec.suite, method, check)] = finding
     return found, index

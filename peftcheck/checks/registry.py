@@ -101,9 +101,13 @@ class XfailSpec(BaseModel):
         return (f"an unexpected pass with {here} means fixed upstream: close the range at the release that "
                 f"fixed it, e.g. when: {{{closed}}} (keep only the package whose release fixed it)")
 
+    def conditions(self) -> list[str]:
+        """``peft>=0.21.2``, ``cpu:avx512_bf16``: what the finding is keyed to."""
+        return [f"{k}{v}" for k, v in self.when.items()] + [f"cpu:{f}" for f in self.cpu_flags]
+
     def describe(self) -> str:
         """The reason with the conditions it holds under, as pytest shows it."""
-        conditions = [f"{k}{v}" for k, v in self.when.items()] + [f"cpu:{f}" for f in self.cpu_flags]
+        conditions = self.conditions()
         return self.reason + (f" [{', '.join(conditions)}]" if conditions else "")
 
     def mark(self, raises: type[BaseException] | tuple[type[BaseException], ...] | None = None) -> Any:
