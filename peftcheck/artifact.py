@@ -20,7 +20,7 @@ from peftcheck.errors import PeftcheckError, SuiteError
 
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "TRAINER_STATE", "is_artifact", "folder", "merged_folder",
-    "read_config", "resolve_artifacts", "logged_loss_curve", "load",
+    "read_config", "resolve_artifacts", "logged_loss_curve", "load", "weights_refused",
 ]  # fmt: skip
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -64,6 +64,18 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "peft_type" not in data:
         raise SuiteError(f"{config} has no peft_type: not a PEFT adapter config", hint=SAVE_HINT)
     return data
+
+
+def weights_refused(path: Path) -> str | None:
+    """Why the folder's adapter weights are not loaded: only safetensors are, since a pickled
+    ``adapter_model.bin`` can run code when torch unpickles it (issue 26). None where they are."""
+    if (path / ADAPTER_WEIGHTS).is_file():
+        return None
+    pickled = sorted(p.name for p in path.glob("adapter_model*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled:
+        return (f"{path} holds pickled adapter weights only ({', '.join(pickled)}): peftcheck loads "
+                f"{ADAPTER_WEIGHTS} only, since unpickling can run code")  # fmt: skip
+    return f"no {ADAPTER_WEIGHTS} in {path}"
 
 
 def resolve_artifacts(loaded: Any) -> Any:
@@ -159,8 +171,12 @@ def load(pipeline: Any, suite: Any, method: str) -> tuple[Any, ...]:
     from peftcheck.record import environment
     from peftcheck.train import TrainResult, trainable_snapshot
 
+    from peftcheck.checks.registry import NotApplicable
+
     started = time.perf_counter()
     spec, mspec, path = suite.spec, suite.spec.methods[method], folder(suite, method)
+    if (refused := weights_refused(path)) is not None:  # before anything loads: adapter_integrity reports it
+        raise NotApplicable(f"methods.{method}.adapter: {refused}")
     base = pipeline.base(suite, mspec.quantization)
     suite_data = pipeline.data(suite, base.tokenizer)
     collate = data_mod.collator(base.tokenizer)

@@ -3,8 +3,10 @@
 An entry is the trained adapter's tensors plus what the training run recorded, stored under the
 sha256 of everything that decides what training produces: the base model's files, the tokenized
 data (so the tokenizer and the data slice), the method and its built config, the training
-arguments and seed, the device class, the library versions and peftcheck's own training code.
-An expectation's bounds are not in the key, so changing one reuses the artifact.
+arguments and seed, the device class, the libraries' versions (their sources where a version does
+not name them: editable, VCS or local installs), peftcheck's own code and the pytest plugins and
+conftest files the run loaded (issue 26). An expectation's bounds are not in the key, so changing
+one reuses the artifact.
 
 The full key is stored beside the entry and compared field by field on read: lm-evaluation-
 harness's caches keyed answers without the model and served one model's answers for another
@@ -21,7 +23,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -29,14 +33,14 @@ from pathlib import Path
 from typing import Any, final
 
 __all__ = [
-    "ArtifactCache", "CacheWarning", "CachedEntry", "MODES", "RESOURCE_METRICS", "add_cache_option",
-    "parse_cache_mode", "model_difference", "restore_configs", "trained_configs",
+    "ArtifactCache", "CacheWarning", "CachedEntry", "MODES", "RESOURCE_METRICS", "add_cache_option", "code_digest",
+    "installed_code", "parse_cache_mode", "plugins_code", "model_difference", "restore_configs", "trained_configs",
 ]  # fmt: skip
 
 MODES = ("off", "read", "write", "on")
 ENV = "PEFTCHECK_CACHE"
 DEFAULT_MODE = "on"
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
 # Resource figures measure this run's machine and load, not the artifact: a hit never reports
 # them as measured (they stay in the record's `cache.recorded`, out of `metrics`, so neither
 # no_regression nor a baseline update reads them).
@@ -45,8 +49,14 @@ _PACKAGES = (
     "torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "datasets", "tokenizers",
     "safetensors", "adapters", "peftcheck",
 )  # fmt: skip
-# peftcheck's own code between the suite and the trained model: a change to it may change the result
-_TRAINING_CODE = ("train.py", "data.py", "models.py", "fixtures.py", "cache.py", "methods.py", "methods", "backends")
+# peftcheck's modules that cannot change a trained artifact (issue 26): they render or merge records
+# after a run, turn a command line into pytest's arguments, or generate property tests' inputs, and
+# a process that loads and trains a suite imports none of them (tests/unit/test_cache_code_key.py).
+# Every other .py file of the package is in the key: walking the package, not the import graph, as
+# training imports lazily (a backend, a trainer) and sys.modules varies from run to run.
+_NOT_TRAINING = ("report", "matrix.py", "findings.py", "cli.py", "strategies.py", "_strategies")
+# pytest's own plugins and peftcheck's are not keyed as plugins: peftcheck's code is the key's "code"
+_UNKEYED_PLUGINS = ("_pytest", "peftcheck", "builtins")
 _FILES = ("key.json", "meta.json", "adapter.safetensors")
 
 
@@ -123,26 +133,155 @@ def files_digest(folder: str | Path) -> dict[str, str]:
     return _folder_digest(str(root.resolve()), stamp)
 
 
+def code_digest(package: Path, *, exclude: tuple[str, ...] = ()) -> str:
+    """sha256 of every .py file below ``package`` but the top-level names in ``exclude``; a name
+    the package lacks raises: the list must say what it leaves out (issue 26)."""
+    if missing := [name for name in exclude if not (package / name).exists()]:
+        raise LookupError(f"{package}: excluded {missing}, which it does not hold; remove them from the exclusion")
+    files = sorted(p for p in package.rglob("*.py") if p.relative_to(package).parts[0] not in exclude)
+    return _digest({p.relative_to(package).as_posix(): _file_sha256(p) for p in files})
+
+
 @functools.lru_cache(maxsize=1)
 def _training_code() -> str:
-    package = Path(__file__).parent
-    files = sorted(
-        p for name in _TRAINING_CODE for p in ([package / name] if name.endswith(".py") else (package / name).rglob("*.py"))
-        if p.is_file()
-    )  # fmt: skip
-    return _digest({str(p.relative_to(package)): _file_sha256(p) for p in files})
+    return code_digest(Path(__file__).parent, exclude=_NOT_TRAINING)
 
 
-def _versions() -> dict[str, str | None]:
+def _direct_url(dist: Any) -> str | None:
+    """How ``dist`` was installed where not from an index (PEP 610's direct_url.json): editable,
+    vcs, local or url; None for an index release."""
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return "unreadable direct_url.json"
+    if (info.get("dir_info") or {}).get("editable"):
+        return "editable"
+    if "vcs_info" in info:
+        return "vcs"
+    return "local" if str(info.get("url", "")).startswith("file:") else "url"
+
+
+def _import_roots(module: str) -> list[Path]:
+    """Where ``module`` imports from, without importing it: a package's folders or a module's file."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a broken parent, or a module set up without a spec
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(p) for p in spec.submodule_search_locations]
+    return [Path(spec.origin)] if spec.origin and Path(spec.origin).is_file() else []
+
+
+@functools.lru_cache(maxsize=None)
+def installed_code(dist_name: str, module: str) -> Any:
+    """What names an installed distribution's code: the version of an index release, else the
+    sha256 of the .py files ``module`` imports from (issue 26): an editable, VCS or local install
+    keeps one version for different code. Once per process: transformers' 2,951 files take 0.2-0.6 s."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        return None
+    how = _direct_url(dist)
+    if how is None:
+        return dist.version
+    roots = _import_roots(module)
+    files = [(root.parent, p) for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*.py")))]
+    sources = _digest({p.relative_to(base).as_posix(): _file_sha256(p) for base, p in files}) if files else None
+    return {"version": dist.version, "installed": how, "sources": sources}
+
+
+def _versions() -> dict[str, Any]:
     import platform
 
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
+    found = {p: installed_code(p, p) for p in _PACKAGES if p != "peftcheck"}
+    try:  # its version only: its code is the key's "code" (its sources would be every module)
+        own = metadata.version("peftcheck")
+    except metadata.PackageNotFoundError:
+        own = None
+    return {"python": platform.python_version(), **found, "peftcheck": own}
 
-    return {"python": platform.python_version(), **{p: version(p) for p in _PACKAGES}}
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def _references(module: types.ModuleType) -> list[types.ModuleType]:
+    """The modules ``module``'s globals hold, or define its functions and classes in: a conftest's
+    ``from patches import scaled`` brings patches.py into the key."""
+    found = []
+    for value in list(vars(module).values()):
+        if isinstance(value, types.ModuleType):
+            found.append(value)
+        elif isinstance(value, (type, types.FunctionType)) and (owner := sys.modules.get(value.__module__)):
+            found.append(owner)
+    return found
+
+
+def _stdlib(module: types.ModuleType) -> bool:
+    import sysconfig
+
+    if module.__name__.partition(".")[0] not in sys.stdlib_module_names:
+        return False
+    path = getattr(module, "__file__", None)  # a local test/ package shares the stdlib's name
+    roots = [Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")]
+    return not path or any(Path(path).resolve().is_relative_to(root) for root in roots)
+
+
+def plugins_code(manager: Any, rootpath: Path) -> dict[str, Any]:
+    """The pytest plugins and conftest files a run loaded, and the local modules they reference
+    (issue 26): a conftest or plugin that patches peft changes what training and checks produce
+    under the same versions. An installed plugin is keyed on its distribution (``installed_code``),
+    a local file on its sha256; what has no file to hash is listed under ``unhashable``."""
+    owners = {getattr(m, "__name__", None): d.metadata["Name"] for m, d in manager.list_plugin_distinfo()}
+    dists: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    unhashable: set[str] = set()
+    pending: list[types.ModuleType] = []
+    for _, plugin in manager.list_name_plugin():
+        if plugin is None:  # blocked: -p no:NAME
+            continue
+        module = plugin if isinstance(plugin, types.ModuleType) else sys.modules.get(type(plugin).__module__)
+        if module is None:
+            unhashable.add(type(plugin).__module__)
+        else:
+            pending.append(module)
+    seen: set[int] = set()  # by identity: conftest files in several folders may share a module name
+    while pending:
+        module = pending.pop()
+        top = module.__name__.partition(".")[0]
+        if id(module) in seen or top in _UNKEYED_PLUGINS or top in _PACKAGES:  # _PACKAGES: in "versions"
+            continue
+        seen.add(id(module))
+        dist = owners.get(module.__name__) or next(iter(_distributions().get(top, ())), None)
+        path = Path(getattr(module, "__file__", None) or "")
+        if dist is not None:
+            dists[dist] = installed_code(dist, top)
+        elif _stdlib(module) or (not path.is_file() and hasattr(module, "__path__")):  # or a namespace package
+            continue
+        elif path.is_file():
+            try:
+                shown = path.resolve().relative_to(rootpath.resolve()).as_posix()
+            except ValueError:
+                shown = str(path.resolve())
+            files[shown] = _file_sha256(path)
+            pending.extend(_references(module))
+        else:
+            unhashable.add(module.__name__)
+    return {"dists": dists, "files": files, "unhashable": sorted(unhashable)}
+
+
+def _uncached(key: dict[str, Any]) -> str | None:
+    """Why ``key`` must not be used: a plugin whose code it cannot hold."""
+    names = (key.get("plugins") or {}).get("unhashable")
+    return f"not cached: the pytest plugins {names} have no source file to hash into the key" if names else None
 
 
 def device_class(device: str) -> dict[str, Any]:
@@ -269,6 +408,9 @@ class ArtifactCache:
 
     root: Path
     mode: str = DEFAULT_MODE
+    # the pytest run's plugins_code, taken at the first key (collection has loaded every conftest by
+    # then) and kept for the run; None outside pytest
+    plugins: Callable[[], dict[str, Any]] | None = None
 
     @classmethod
     def from_option(cls, value: str | None) -> "ArtifactCache":
@@ -283,7 +425,13 @@ class ArtifactCache:
 
     @classmethod
     def from_config(cls, config: Any) -> "ArtifactCache":
-        return cls.from_option(config.getoption("peftcheck_cache", default=None))
+        manager, rootpath = config.pluginmanager, Path(config.rootpath)
+        cache = cls.from_option(config.getoption("peftcheck_cache", default=None))
+        cache.plugins = functools.cache(lambda: plugins_code(manager, rootpath))
+        return cache
+
+    def run_plugins(self) -> dict[str, Any]:
+        return self.plugins() if self.plugins is not None else {}
 
     @property
     def reads(self) -> bool:
@@ -313,6 +461,7 @@ class ArtifactCache:
             "device": device_class(base.device),
             "versions": _versions(),
             "code": _training_code(),
+            "plugins": self.run_plugins(),
         })  # fmt: skip
 
     def _folder(self, key: dict[str, Any]) -> tuple[str, Path]:
@@ -321,6 +470,8 @@ class ArtifactCache:
 
     def lookup(self, key: dict[str, Any]) -> tuple[CachedEntry | None, str | None]:
         """(the entry, None), (None, None) where there is none, or (None, a warning) for a bad one."""
+        if why := _uncached(key):
+            return None, self.warn(why)
         digest, folder = self._folder(key)
         if not folder.exists():
             return None, None
@@ -357,6 +508,8 @@ class ArtifactCache:
         from safetensors.torch import save_file
 
         digest, folder = self._folder(key)
+        if why := _uncached(key):
+            return {"key": digest, "stored": False, "reason": why}
         tensors = {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=folder.parent))

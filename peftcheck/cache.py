@@ -136,7 +136,8 @@ class Pipeline:
         from peftcheck import models
 
         spec = suite.spec
-        source = models.resolve_model(spec.model, base_dir=Path(suite.path).parent)
+        source = models.resolve_model(spec.model, base_dir=Path(suite.path).parent,
+                                      trust_remote_code=spec.trust_remote_code)
         device = models.pick_device(spec.device)
         key = (source.path or source.ref, spec.dtype, quantization, device)
         if key not in self._bases:
@@ -191,6 +192,8 @@ class Pipeline:
 
     def artifact(self, suite: LoadedSuite, method: str) -> TrainedArtifact:
         """The trained artifact of (suite, method), training it on first use."""
+        from peftcheck.checks.registry import NotApplicable  # the checks import this module
+
         key = (suite.path + "::" + suite.spec.suite, method)
         if key in self._errors:
             raise self._errors[key]
@@ -199,6 +202,8 @@ class Pipeline:
             return self._live[key]
         try:
             artifact = self._train(suite, method)
+        except NotApplicable:  # a saved folder peftcheck will not load: every item says why, none fails
+            raise
         except SuiteError as exc:
             error: BaseException = exc.located(file=suite.path, line=suite.line_of(*(exc.field or "").split(".")))
             self._fail(suite, method, key, error)

@@ -1,6 +1,7 @@
 """Reused check measurements (issue 14): a check whose measurement is a function of the trained
 artifact and its parameters is stored under the artifact's key, the check's name and parameters,
-the suite's data and peftcheck's code, and served on the next run instead of measured again.
+the suite's data, peftcheck's code and the run's pytest plugins and conftest files (issue 26), and
+served on the next run instead of measured again.
 
 Never stored: resource checks (they measure this machine and its load), a check that read
 another method, the run's options, the method's record or the environment while it ran (a
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peftcheck.artifact_cache import ArtifactCache, _canonical, _digest, _file_sha256, files_digest
+from peftcheck.artifact_cache import ArtifactCache, _canonical, _digest, code_digest, files_digest
 from peftcheck.baseline.store import write_atomic
 
 __all__ = ["CheckCache", "UNCACHED_READS"]
@@ -30,8 +31,7 @@ UNCACHED_READS = ("other", "option", "method_record", "env")
 @functools.lru_cache(maxsize=1)
 def _package_code() -> str:
     """Any change to peftcheck's code measures again: a check's verdict is its code's."""
-    package = Path(__file__).parent
-    return _digest({str(p.relative_to(package)): _file_sha256(p) for p in sorted(package.rglob("*.py"))})
+    return code_digest(Path(__file__).parent)
 
 
 def _local_digest(ref: Any, base_dir: Path) -> str | None:
@@ -76,6 +76,8 @@ class CheckCache:
         return _canonical({
             "schema": SCHEMA, "artifact": artifact_key, "check": check.name, "params": own,
             "data": data, "files": files, "code": _package_code(),
+            # also in the artifact's key; named here so this key does not lean on that one (issue 26)
+            "plugins": _digest(self.artifacts.run_plugins()),
         })  # fmt: skip
 
     def _path(self, key: dict[str, Any]) -> Path:

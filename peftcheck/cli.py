@@ -33,11 +33,15 @@ def _suite_files(paths: Sequence[str]) -> list[Path]:
 
 def deep_validate(path: Path) -> list[str]:
     """Load a suite and resolve everything short of training; returns the problems found."""
-    from peftcheck import data, methods, models
-    from peftcheck.loader import load_suite
+    from peftcheck import artifact, data, methods, models
+    from peftcheck.loader import check_yields_items, load_suite
 
     loaded = load_suite(path)
     spec, problems = loaded.spec, []
+    try:
+        check_yields_items(loaded)  # issue 26
+    except SuiteError as exc:
+        problems.append(exc.format())
 
     def note(exc: SuiteError) -> None:
         line = loaded.line_of(*(exc.field or "").split("."))
@@ -46,6 +50,8 @@ def deep_validate(path: Path) -> list[str]:
     configs = {}
     for name, method in spec.methods.items():
         if method.adapter is not None:  # artifact mode: its folder was read when the suite loaded (issue 15)
+            if (refused := artifact.weights_refused(artifact.folder(loaded, name))) is not None:  # issue 26
+                note(SuiteError(refused, field=f"methods.{name}.adapter"))
             continue
         try:
             configs[name] = methods.build_config(method, name=name, max_steps=int(spec.train_args(name)["max_steps"]))
@@ -58,7 +64,7 @@ def deep_validate(path: Path) -> list[str]:
             note(problem)
     for ref, field in ((spec.model, "model"),):
         try:
-            models.resolve_model(ref, base_dir=path.parent, build=False)
+            models.resolve_model(ref, base_dir=path.parent, build=False, trust_remote_code=spec.trust_remote_code)
         except SuiteError as exc:
             exc.field = exc.field or field
             note(exc)

@@ -169,6 +169,17 @@ def _tiny_llama(vocab: int) -> Any:
     )  # fmt: skip
 
 
+def _tiny_llama_w48(vocab: int) -> Any:
+    # every linear's row length a multiple of 16 but not of 64 (hidden 48, MLP 96): bitsandbytes'
+    # AVX512 CPU dequantize_4bit reads such rows with the wrong block scales (issue 27)
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+
+
 def _tiny_gpt2(vocab: int) -> Any:
     # GPT-2's attention and MLP are transformers' Conv1D (c_attn, c_proj, c_fc), weights stored
     # (in, out): the layer type peft's LoRA needs fan_in_fan_out for (issue 16)
@@ -218,6 +229,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         real=False,
         source="Llama architecture, LlamaConfig(hidden 64, 2 layers, GQA 4/2), random weights, seed 0",
         build=_random_builder(_tiny_llama),
+    ),
+    "tiny-llama-w48": BuiltinModel(
+        "tiny-llama-w48",
+        real=False,
+        source="Llama architecture, LlamaConfig(hidden 48, MLP 96, 2 layers, GQA 4/2), random weights, seed 0",
+        build=_random_builder(_tiny_llama_w48),
     ),
     "tiny-gpt2": BuiltinModel(
         "tiny-gpt2",

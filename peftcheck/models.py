@@ -11,7 +11,7 @@ from peftcheck.errors import MissingExtraError, PeftcheckError, ResolveError
 from peftcheck.fixtures import BUILTIN_MODELS, dtype_kwarg, materialise, smollm2_gguf
 
 __all__ = ["ModelSource", "resolve_model", "load_base", "pick_device", "offline", "is_bnb_available",
-           "dtype_kwarg", "skeleton"]
+           "dtype_kwarg", "skeleton", "needs_remote_code"]
 
 # Published configurations for hub models a GPU runner may not be able to download: the same
 # architecture with random weights is faithful for memory and speed, not for quality.
@@ -49,14 +49,40 @@ def is_bnb_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def resolve_model(ref: str, *, base_dir: Path | None = None, build: bool = True) -> ModelSource:
+def needs_remote_code(folder: Path) -> str | None:
+    """Why transformers could only build the model in ``folder`` by running code from it (its
+    ``model_type`` is not one transformers knows), read from config.json as JSON: nothing of
+    the folder is imported (issue 26). None for a model transformers builds itself."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    config = folder / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResolveError(f"{config} is not readable JSON: {exc}", field="model") from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES:
+        return None
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    code = f", code from the folder ({sorted(auto_map)})" if isinstance(auto_map, dict) else ""
+    return f"{config}: model_type {model_type!r} is not one transformers builds itself{code}"
+
+
+def resolve_model(ref: str, *, base_dir: Path | None = None, build: bool = True,
+                  trust_remote_code: bool = False) -> ModelSource:
     """Resolve in order: local path, built-in fixture, $PEFTCHECK_MODEL_DIR mirror, hub.
 
-    ``build=False`` only checks that a built-in can be built (for `peftcheck validate`)."""
+    ``build=False`` only checks that a built-in can be built (for `peftcheck validate`). A local
+    folder whose model needs code from it is refused unless the suite trusts remote code."""
     tried = []
     candidates = [Path(ref)] + ([base_dir / ref] if base_dir is not None else [])
     for path in candidates:
         if (path / "config.json").exists():
+            if not trust_remote_code and (why := needs_remote_code(path)) is not None:
+                raise ResolveError(f"{why}: peftcheck runs no code from a model folder", field="model",
+                                   hint="set `trust_remote_code: true` in the suite if you trust that code")  # fmt: skip
             return ModelSource(ref, str(path), f"local folder {path}", real=True)
         tried.append(f"local folder {path}")
     if ref in BUILTIN_MODELS:
@@ -101,7 +127,7 @@ def skeleton(ref: str, *, base_dir: Path | None = None, trust_remote_code: bool 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        source = resolve_model(ref, base_dir=base_dir, build=False)
+        source = resolve_model(ref, base_dir=base_dir, build=False, trust_remote_code=trust_remote_code)
     except PeftcheckError as exc:
         return None, str(exc)
     if source.synthetic_config is not None:

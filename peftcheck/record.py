@@ -171,15 +171,18 @@ def _jsonable(value: Any) -> Any:
 
 
 class ResultsWriter:
-    """Appends one JSON object per line and flushes each, so a crashed run keeps what it measured.
+    """Appends one JSON object per line, flushed (and with ``sync``, fsynced) as it is written, so
+    a run killed at any point keeps every line it wrote (issue 26).
 
     Record kinds: ``session`` (first line: environment), ``method`` (one per trained method:
-    loss curve, timings, memory, provenance) and ``check`` (one per check item).
+    loss curve, timings, memory, provenance), ``check`` (one per check item) and ``end`` (last
+    line; a file without one is a run that was killed).
     """
 
-    def __init__(self, path: str | Path, *, session: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | Path, *, session: dict[str, Any] | None = None, sync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
         self._file: TextIO = self.path.open("w", encoding="utf-8")
         self.write(
             {
@@ -196,21 +199,34 @@ class ResultsWriter:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True) + "\n")
         self._file.flush()
+        if self.sync:
+            os.fsync(self._file.fileno())
 
-    def close(self) -> None:
+    def close(self, end: dict[str, Any] | Literal[False] | None = None) -> None:
+        """Closes with an ``end`` record holding ``end``'s fields; ``end=False`` leaves it out."""
         if not self._file.closed:
-            self.write({"kind": "end", "env": environment()})
+            if end is not False:
+                self.write({"kind": "end", "env": environment(), **(end or {})})
             self._file.close()
 
 
-def write_results(path: str | Path, records: "list[dict[str, Any]]", *, session: dict[str, Any]) -> None:
-    """The whole results file at once, from the controlling process only (issue 14)."""
-    writer = ResultsWriter(path, session=session)
+def write_results(path: str | Path, records: "list[dict[str, Any]]", *, session: dict[str, Any],
+                  end: dict[str, Any] | None = None) -> None:
+    """The whole results file at once, from the controlling process only (issue 14): written
+    beside ``path`` and moved over it, so a kill while writing leaves the journal whole (issue 26)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = ResultsWriter(partial, session=session)
     try:
         for record in records:
             writer.write(record)
+        writer.close(end)
+        with partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
     finally:
-        writer.close()
+        writer.close(False)
+        partial.unlink(missing_ok=True)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

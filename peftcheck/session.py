@@ -11,7 +11,7 @@ import pytest
 from peftcheck.checks.registry import Measurement, NotApplicable, get_check, parse_params
 from peftcheck.errors import MissingExtraError, PeftcheckError, SuiteError
 from peftcheck.spec import LoadedSuite
-from peftcheck.loader import load_suite
+from peftcheck.loader import check_yields_items, load_suite
 from peftcheck.report.options import output_path
 
 __all__ = ["Session", "SuiteFile", "CheckItem", "CheckFailed", "SESSION_KEY", "looks_like_suite", "output_path"]
@@ -91,8 +91,11 @@ class Session:
         self.xdist: Any = None  # peftcheck.xdist.XdistPlugin on an xdist controller
         self.publisher: Any = None  # report.plugin.ReportSession where that plugin is loaded
         self.written = False
+        self.stopped: dict[str, Any] | None = None  # end_fields(), once the run finished
+        self._journal: Any = None  # record.ResultsWriter: each finished item's records, as they come (issue 26)
         self.reused: str | None = None  # the cache line of the summary
         self.reports = _ReportHook(self)
+        self._sigterm: Any = None if self.worker else _stop_on_sigterm()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "Session":
@@ -208,6 +211,23 @@ class Session:
                 # the first wins: a method that trained twice (two workers) is one record
                 self.methods.setdefault((method.suite_file, method.suite, method.method), method)
             self.checks.append((int(payload["index"]), CheckRecord.from_dict(payload["check"])))
+            self._journal_write([*payload["methods"], payload["check"]])
+
+    def collected(self) -> int:
+        """How many items this run set out to run (an xdist controller collects none itself)."""
+        return len(self._index) or (self.xdist.collected if self.xdist is not None else 0)
+
+    def _journal_write(self, records: list[dict[str, Any]]) -> None:
+        """Into the results file as they arrive, fsynced: a run killed at any point keeps what it
+        finished (issue 26). Opened at the first record, so a run that measured nothing leaves the
+        last results in place; finish() replaces it with the whole file, in collection order."""
+        from peftcheck.record import ResultsWriter
+
+        if self._journal is None:
+            self._journal = ResultsWriter(self.results_path, sync=True,
+                                          session={**self.session_fields(), "items": self.collected()})  # fmt: skip
+        for record in records:
+            self._journal.write(record)
 
     def add_records(self, records: list[dict[str, Any]]) -> None:
         """Records measured elsewhere (a saved run replayed by a test or a plugin), as if this
@@ -235,6 +255,11 @@ class Session:
         methods = [self.methods[k].with_checks(per_method.get(k, [])).to_dict() for k in keys]
         return methods + [c.to_dict() for c in checks]
 
+    def end_fields(self, interrupted: bool) -> dict[str, Any]:
+        """How far the run got: a Ctrl-C'd or terminated run says so in its end record (issue 26)."""
+        finished = len({check.nodeid for _, check in self.checks})
+        return {"interrupted": interrupted, "items": {"finished": finished, "collected": self.collected()}}
+
     def session_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"started": self.started}
         if self.shard is not None:
@@ -243,12 +268,16 @@ class Session:
             fields.update(self.xdist.session_fields())
         return fields
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
         from peftcheck.record import write_results
 
         self.pipeline.close()
         if self.worker:
             return
+        if self._sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._sigterm)
         if self._pending:  # records made outside any item's report (serial: none are lost)
             from peftcheck.record import MethodRecord
 
@@ -256,23 +285,51 @@ class Session:
                 method = MethodRecord.from_dict(raw)
                 self.methods.setdefault((method.suite_file, method.suite, method.method), method)
         records = self.records()
+        end = self.stopped = self.end_fields(interrupted)
+        if self._journal is not None:
+            self._journal.close(False)  # the journal has no end line: the whole file below replaces it
         if records:  # only a run that measured something replaces the file
-            write_results(self.results_path, records, session=self.session_fields())
+            write_results(self.results_path, records, session=self.session_fields(), end=end)
             self.written = True
         self.reused = _reuse_line(records)
         if self.publisher is not None:
             session = {"kind": "session", "argv": sys.argv, "env": _environment(), **self.session_fields()}
-            runs = [(str(self.results_path), [session, *records, {"kind": "end", "env": _environment()}])]
+            runs = [(str(self.results_path), [session, *records, {"kind": "end", "env": _environment(), **end}])]
             self.publisher.finish(runs if records else [])
 
     def summarize(self, terminal: Any) -> None:
         """Said even with -q: where to look. In the summary, where it starts a line of its own."""
+        from peftcheck.report.failures import summary_lines
+
         if self.written:
             terminal.write_line(f"peftcheck: results written to {self.results_path}")
+        if self.stopped and self.stopped["interrupted"]:
+            items = self.stopped["items"]
+            terminal.write_line(f"peftcheck: interrupted after {items['finished']} of {items['collected']} items; "
+                                "a rerun takes the methods that finished from the artifact cache")  # fmt: skip
+        # items that failed with one cause, as one line each: a broken run reads as one error (issue 26)
+        for line in summary_lines(c for _, c in sorted(self.checks, key=lambda pair: (pair[0], pair[1].nodeid))):
+            terminal.write_line(line)
         if self.reused:
             terminal.write_line(self.reused)
         if self.publisher is not None:
             self.publisher.summarize(terminal)
+
+
+def _stop_on_sigterm() -> Any:
+    """A CI runner's timeout sends SIGTERM before SIGKILL: stop as Ctrl-C does, so the run ends with
+    its results and report written (issue 26). Returns the handler to restore, None where it left
+    someone else's handler (or cannot install one off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _reuse_line(records: list[dict[str, Any]]) -> str | None:
@@ -315,6 +372,7 @@ class SuiteFile(_ShortErrors, pytest.File):
 
     def collect(self) -> Any:
         loaded = load_suite(_display_path(self.path))
+        check_yields_items(loaded)  # a suite that checks nothing is an error, not "no tests ran" (issue 26)
         for name in loaded.spec.markers:
             self.config.addinivalue_line("markers", f"{name}: suite marker")
         yield SuiteNode.from_parent(self, name=loaded.spec.suite, loaded=loaded)
@@ -335,7 +393,7 @@ class SuiteNode(_ShortErrors, pytest.Collector):
 
         spec, base_dir = self.loaded.spec, Path(self.loaded.path).parent
         try:  # fail at collection, not after minutes of training
-            resolve_model(spec.model, base_dir=base_dir, build=False)
+            resolve_model(spec.model, base_dir=base_dir, build=False, trust_remote_code=spec.trust_remote_code)
             for ref in filter(None, (spec.data.dataset, spec.data.unrelated)):
                 resolve_dataset(ref, base_dir=base_dir)
         except SuiteError as exc:

@@ -5,7 +5,8 @@ float bases compare raw logits (max and mean absolute difference), 4/8-bit bases
 distributions (KL divergence and top-1 agreement), because their raw logits are not
 comparable after a merge re-quantizes the weights. Suites override single fields. What a
 method saves in its checkpoint in place of its live tensors also lives here, so the checks
-never branch on a method's name.
+never branch on a method's name. A second table says how close a quantized base must stay to its
+float base (quantization_fidelity, issue 27).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Tolerance", "TOLERANCES", "tolerance_for"]
+__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "Fidelity", "FIDELITY", "fidelity_for"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,3 +123,72 @@ def tolerance_for(*, dtype: str, quantization: str, peft_type: str) -> Tolerance
             found = TOLERANCES[candidate]
             return dataclasses.replace(found, source=f"table[{candidate[0]}, {candidate[1]}]")
     raise KeyError(f"no tolerance for {key!r}; the table has {sorted({k for k, _ in TOLERANCES})}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity:
+    """How close a quantized base must stay to the float base it was quantized from: the next-token
+    distribution on the probe batch (``max_kl``, ``min_top1``), every quantized layer's weight,
+    ||dequantize(W_q) - W|| / ||W|| (``max_layer_error``), and for 4-bit layers bitsandbytes'
+    dequantize_4bit against the same codes and scales read as the format defines them, flat blocks
+    of ``blocksize`` elements (``max_kernel_error``: a kernel bug, whatever the model)."""
+
+    max_kl: float
+    min_top1: float
+    max_layer_error: float
+    max_kernel_error: float | None = None
+    source: str = ""
+
+    def describe(self) -> str:
+        kernel = f", dequantize vs its codes and scales <= {self.max_kernel_error:g}" if self.max_kernel_error else ""
+        return (f"KL <= {self.max_kl:g}, top-1 agreement >= {self.min_top1:g}, "
+                f"layer error <= {self.max_layer_error:g}{kernel}")  # fmt: skip
+
+    def override(self, **fields: Any) -> "Fidelity":
+        given = {k: v for k, v in fields.items() if v is not None}
+        if not given:
+            return self
+        return dataclasses.replace(self, **given, source=f"{self.source} overridden by the suite ({given})")
+
+
+# Key: the scheme the base holds (quantization_fidelity reads it off its layers): int8, nf4, fp4,
+# and nf4+dq / fp4+dq with double quantization. Measured (issue 27) on the suites' probe batches,
+# float32 base vs the same weights quantized by bitsandbytes 0.50.2 (torch 2.13, transformers
+# 5.25), forward on the dequantize path QLoRA trains through. CPUs: "Zen 4" = this project's AMD
+# EPYC (avx512f + avx512_bf16, no AMX); "AVX2" = the same machine with torch, MKL and oneDNN held to
+# AVX2 and bitsandbytes' int8 matmul on its non-AVX512 path (ATEN_CPU_CAPABILITY=avx2) -- not an
+# AVX2 machine: bitsandbytes' C dequantize_4bit still ran its AVX512 branch, which for rows that
+# are multiples of 64 is bitwise the scalar branch an AVX2 CPU runs (kernel error 0.0 on every
+# layer). Both gave the same figures to 6 digits. Figures: KL / top-1 / worst layer error.
+#   SmolLM2-135M, quotes.yaml's probe (117 tokens): int8 0.0277 / 0.838 / 0.0116; nf4 0.305 /
+#     0.684 / 0.102; nf4+dq 0.310 / 0.684 / 0.102; fp4 0.602 / 0.427 / 0.147; fp4+dq 0.598 /
+#     0.436 / 0.148; resources.yaml's probe (92 tokens, Zen 4 only): int8 0.0254 / 0.902; nf4
+#     0.382 / 0.674; nf4+dq 0.388 / 0.674; fp4 0.548 / 0.565; fp4+dq 0.547 / 0.565 (worst layer
+#     always layers.0.self_attn.o_proj; the weights are a dequantized GGUF Q4_1, which a second
+#     4-bit grid fits badly: a small real model loses much to 4 bits);
+#   tiny-llama / tiny-opt (random weights, 88-89 tokens): int8 1e-6 / 0.98 / 0.0066; nf4 2e-4 /
+#     0.81-0.84 / 0.095; fp4 2-4e-4 / 0.70-0.81 / 0.126; +dq within 1e-6 / one token of them.
+#   The eval path on the Zen 4 (bitsandbytes' repacked AVX512-BF16 kernel) gave the same KL
+#   within 1% and the same top-1 within 3 tokens on every model whose widths it accepts.
+# Bounds sit 50% or more past the worst figure (KL), 0.09-0.13 under it (top-1, 92-117 tokens), 30%
+# past the worst layer: a real model with heavier-tailed weights quantizes worse, and one real
+# model is all that was measured. The AVX512 dequantize bug (tiny-llama-w48, rows of 48 and 96)
+# puts layers at 0.157-0.347 (nf4) and 0.173-0.363 (fp4) while the same codes and scales read as
+# flat blocks give 0.090-0.094 / 0.120-0.128: max_kernel_error (measured 0.0 on every correct
+# layer, 0.13-0.33 on every buggy one; 0.01 leaves room for a bf16 or fp16 dequantize output,
+# whose rounding alone measured 1-2e-3 / under 5e-4 on the Zen 4; not measured on a GPU) catches it on
+# any model, the layer error names how far off it leaves the layer.
+FIDELITY: dict[str, Fidelity] = {
+    "int8": Fidelity(max_kl=0.06, min_top1=0.75, max_layer_error=0.03),
+    "nf4": Fidelity(max_kl=0.6, min_top1=0.55, max_layer_error=0.14, max_kernel_error=0.01),
+    "nf4+dq": Fidelity(max_kl=0.6, min_top1=0.55, max_layer_error=0.14, max_kernel_error=0.01),
+    "fp4": Fidelity(max_kl=0.9, min_top1=0.3, max_layer_error=0.19, max_kernel_error=0.01),
+    "fp4+dq": Fidelity(max_kl=0.9, min_top1=0.3, max_layer_error=0.19, max_kernel_error=0.01),
+}
+
+
+def fidelity_for(scheme: str) -> Fidelity:
+    """The fidelity bounds of a base quantized as ``scheme`` (``nf4``, ``nf4+dq``, ``int8``, ...)."""
+    if scheme not in FIDELITY:
+        raise KeyError(f"no fidelity bounds for {scheme!r}; the table has {sorted(FIDELITY)}")
+    return dataclasses.replace(FIDELITY[scheme], source=f"fidelity[{scheme}]")

@@ -11,6 +11,7 @@ from peftcheck.checks import (  # noqa: F401
     persistence,
     pipelines,
     quality,
+    quantization,
     regression,
     resources,
 )

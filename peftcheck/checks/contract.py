@@ -153,6 +153,8 @@ def inference_load(ctx: CheckContext, params: ToleranceParams) -> Measurement:
         problems.append(f"is_trainable=False left {frozen_count:,} parameters trainable: {frozen_names[:3]}")
     if count is not None and count != expected:
         problems.append(f"is_trainable=True gives {count:,} trainable parameters, the trained adapter {expected:,}")
+    if count is not None and not expected and not trained_names:  # issue 26: 0 == 0 restores nothing
+        problems.append("the trained adapter has no trainable parameter: is_trainable=True has nothing to restore")
     if count is not None and names != trained_names:
         problems.append(
             f"is_trainable=True: trainable tensors differ from the trained ones (missing "
@@ -341,6 +343,9 @@ def adapter_name_invariance(ctx: CheckContext, params: AdapterNameParams) -> Mea
         )
     if unlike:
         problems.append(f"{len(unlike)} trainable tensors differ between the names (same seed): {unlike[:3]}")
+    if not ours and not theirs:  # issue 26: equal counts and tensors over nothing
+        problems.append(f"the rebuilt method has no trainable tensor under 'default' or {name!r}: comparing them "
+                        "proves nothing")  # fmt: skip
     if expected is not None and loaded_count != expected:
         problems.append(
             f"loaded as {name!r} (is_trainable={resumable}): {loaded_count:,} trainable, expected {expected:,}"

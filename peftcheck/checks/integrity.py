@@ -72,6 +72,16 @@ def _rank_note(config: Any, wrong: dict[str, tuple[tuple[int, ...], tuple[int, .
     return f"; the weights have rank {sorted(found)}, adapter_config.json says r={rank}" if found else ""
 
 
+def _non_persistent(model: Any) -> set[int]:
+    """ids of ``model``'s buffers that ``state_dict()``, and so ``save_pretrained``, leaves out:
+    ``saved_state`` reads the live buffers and lists them too (issue 26: TrainableTokens'
+    ``trainable_tokens_original`` is not saved, and is not missing)."""
+    return {
+        id(buffer) for module in model.modules() for name, buffer in module._buffers.items()
+        if buffer is not None and name in module._non_persistent_buffers_set
+    }  # fmt: skip
+
+
 def inspect_folder(folder: Path, base: Any, *, quantization: str, name: str, allow_zero: list[str]) -> dict[str, Any]:
     """Every problem of the adapter folder against ``base`` (a BaseHandle), with what was found."""
     import torch
@@ -117,7 +127,10 @@ def inspect_folder(folder: Path, base: Any, *, quantization: str, name: str, all
     # the keys peft saves for this config on this model (VeRA's shared projections included), shaped as
     # the live tensors they stand for (a rank budget's pruned shapes: expected_checkpoint)
     shapes = {k: v["shape"] for k, v in methods.expected_checkpoint(fresh, trainable_only=False).items()}
-    expected = {k: shapes.get(k, tuple(v.shape)) for k, v in methods.saved_state(fresh).items()}
+    transient = _non_persistent(fresh)
+    expected = {
+        k: shapes.get(k, tuple(v.shape)) for k, v in methods.saved_state(fresh).items() if id(v) not in transient
+    }  # fmt: skip
     found["tensors_expected"] = len(expected)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))

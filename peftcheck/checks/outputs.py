@@ -161,6 +161,8 @@ def weight_diff(reference: Any, other: Any) -> tuple[float, str | None, list[str
         # at most 2, not by 1e30
         norm = torch.maximum(torch.linalg.vector_norm(original), torch.linalg.vector_norm(current)).clamp_min(1e-30)
         change = float(torch.linalg.vector_norm(current - original) / norm)
+        if math.isnan(change):  # a NaN weight: the furthest off, not skipped by the comparison (issue 26)
+            change = math.inf
         if change > worst:
             worst, where = change, name
     return worst, where, missing

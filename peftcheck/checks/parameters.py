@@ -1,4 +1,5 @@
-"""Parameter checks: trainable ratio and analytic count, target coverage, base weights frozen."""
+"""Parameter checks: trainable ratio and analytic count, target coverage, base weights frozen
+(a quantized weight by its quantization state, issue 27)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def target_coverage(ctx: CheckContext, params: TargetCoverageParams) -> Measurem
     targets = coverage_targets(artifact.config)
     if targets is None:
         raise NotApplicable(f"{type(artifact.config).__name__} has no target_modules")
+    if not targets:  # no entry to match: "0 entries matched" would pass on nothing (issue 26)
+        raise NotApplicable(f"{type(artifact.config).__name__}'s target_modules names no entry to match")
     matched = matched_targets(artifact.base.model, targets)
     wrapped = _wrapped_modules(artifact.model)
     coverage = {entry: sorted(set(names) & wrapped) for entry, names in matched.items()}
@@ -97,36 +100,57 @@ def _base_name(name: str, wrappers: list[str] = ()) -> str:
 
 @register_check("base_frozen", params=BaseFrozenParams, needs_training=True)
 def base_frozen(ctx: CheckContext, params: BaseFrozenParams) -> Measurement:
-    """Every base weight is bitwise unchanged after training (and none went missing)."""
+    """Every base weight is unchanged after training, a quantized one by what it computes with (and none went missing)."""
     import torch
 
+    from peftcheck.checks import quantization
     from peftcheck.methods import rewrites_base, wrapper_modules
 
     artifact = ctx.artifact()
-    pristine = dict(artifact.base.model.named_parameters())
+    # what the method was copied from: a quantized CPU base's copy no forward has repacked (issue 27)
+    source = artifact.base.training_source
+    pristine = dict(source.named_parameters())
+    # a quantized weight is its codes and scales (SCB, absmax, nested state), not the bytes'
+    # layout, which bitsandbytes repacks in place on AVX512-BF16 CPUs (issue 27)
+    before = quantization.layer_readers(source)
     if rewrites_base(artifact.config):  # the base training froze is the residual the init wrote: rebuild it
-        rebuilt = dict(adapter_ops.untrained(ctx).unload().named_parameters())  # unload: the adapter off, not merged
+        rebuilt_model = adapter_ops.untrained(ctx).unload()  # unload: the adapter off, not merged
+        rebuilt = dict(rebuilt_model.named_parameters())
         pristine = {n: rebuilt.get(n, p) for n, p in pristine.items()}
+        rebuilt_states = quantization.layer_readers(rebuilt_model)
+        before = {n: rebuilt_states.get(n, s) for n, s in before.items()}
     base = artifact.model.get_base_model()
     wrappers = wrapper_modules(base)
     trained = {_base_name(n, wrappers): p for n, p in base.named_parameters()}
     changed, missing = [], []
     for name, original in pristine.items():
         current = trained.get(name)
+        if name in before:
+            continue  # compared by its quantization state below
         if current is None:
             missing.append(name)
         elif current.shape != original.shape or not torch.equal(current.detach().cpu(), original.detach().cpu()):
             changed.append(name)
+    after = quantization.layer_readers(base, rename=lambda n: _base_name(n, wrappers))
+    rewritten, lost = quantization.state_changes(before, after)
+    changed += list(rewritten)
+    missing += lost
     bad = changed + missing
+    if not pristine:  # "0 base tensors unchanged" compares nothing (issue 26)
+        return Measurement(passed=False, value=None, bound="0 base tensors changed or missing", unit="tensors",
+                           message="the base has no tensor to compare: nothing was checked")  # fmt: skip
+    shown = [f"{n} ({rewritten[n]})" if n in rewritten else n for n in bad[:5]]
+    kept = f" ({len(before)} quantized ones by their codes and scales)" if before else ""
     return Measurement(
         passed=not bad,
         value=float(len(bad)),
         bound="0 base tensors changed or missing",
         unit="tensors",
         message=(
-            f"{len(changed)} base tensors changed, {len(missing)} missing: {bad[:5]}"
+            f"{len(changed)} base tensors changed, {len(missing)} missing: {shown}"
             if bad
-            else f"{len(pristine)} base tensors bitwise unchanged"
+            else f"{len(pristine)} base tensors bitwise unchanged{kept}"
         ),
-        details={"changed": changed[:20], "missing": missing[:20], "checked": len(pristine)},
+        details={"changed": changed[:20], "missing": missing[:20], "checked": len(pristine),
+                 "quantized": len(before), "quantization_state": dict(list(rewritten.items())[:20])},  # fmt: skip
     )

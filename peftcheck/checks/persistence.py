@@ -57,6 +57,34 @@ def _compare_tensors(expected: dict[str, Any], saved: dict[str, Any]) -> dict[st
     return found
 
 
+def _leaked_base_weights(saved: dict[str, Any], adapter: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Checkpoint keys that hold a frozen base weight: a key under a base parameter's name that
+    no live adapter tensor is saved under, or one a live adapter tensor is saved under whose value
+    is the frozen base's and not that tensor's.
+
+    ``adapter`` (``expected_checkpoint(..., trainable_only=False)``) names the keys the live model
+    saves its own tensors under: peft saves a modules_to_save copy without ``modules_to_save.<name>``,
+    i.e. under the base module's name (issue 26: ``lm_head.weight`` of ``modules_to_save: [lm_head]``
+    is the trained copy, not a leak). An untrained copy equals the base and is still the copy."""
+    import torch
+
+    def same(tensor: Any, other: Any) -> bool:
+        return tuple(tensor.shape) == tuple(other.shape) and torch.equal(tensor, other.detach().cpu().to(tensor.dtype))
+
+    leaked = []
+    for key, tensor in saved.items():
+        original = base.get(key.removeprefix("base_model.model."))
+        if original is None:
+            continue  # not a base parameter's name (adapter tensors, save_embedding_layers' base_layer copy)
+        if key not in adapter:
+            leaked.append(key)
+            continue
+        live = adapter[key]["tensor"]  # None: a pruned shape, checked through the reload
+        if live is not None and not same(tensor, live) and same(tensor, original):
+            leaked.append(key)  # the frozen base weight saved in place of the trained copy
+    return sorted(leaked)
+
+
 def _reload(
     artifact: Any, folder: Path, saved: dict[str, Any], batch: dict[str, Any], reference: Any
 ) -> tuple[Any, list[str], str | None]:
@@ -91,7 +119,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
     trainable_bytes = sum(
         p.numel() * p.element_size() for p in artifact.model.parameters() if p.requires_grad
     )
-    base_names = {name for name, _ in artifact.base.model.named_parameters()}
+    base_params = dict(artifact.base.model.named_parameters(remove_duplicate=False))  # tied names too
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="peftcheck-adapter-") as tmp:
         folder = Path(tmp)
@@ -107,7 +135,7 @@ def save_load_roundtrip(ctx: CheckContext, params: SaveLoadParams) -> Measuremen
         saved = _read_checkpoint(path)
         expected = expected_checkpoint(artifact.model)
         found = _compare_tensors(expected, saved)
-        leaked = sorted(k for k in saved if k.removeprefix("base_model.model.") in base_names)
+        leaked = _leaked_base_weights(saved, expected_checkpoint(artifact.model, trainable_only=False), base_params)
         extra = sorted(set(saved) - set(expected) - set(leaked))
         reload, changed, reload_error = _reload(artifact, folder, saved, ctx.probe(), reference)
 

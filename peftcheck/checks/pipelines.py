@@ -6,7 +6,7 @@ import copy
 import types
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from peftcheck.checks.registry import CheckParams, Measurement, NotApplicable, register_check
 from peftcheck.context import CheckContext
@@ -57,8 +57,11 @@ def label_masking(ctx: CheckContext, params: LabelMaskingParams) -> Measurement:
     tokenizer = artifact.data.tokenizer
     scope = spec.loss_scope
     rows = dataset.select(range(min(params.samples, len(dataset))))
+    if not len(rows):  # issue 26: bounds over no example hold vacuously
+        return Measurement(passed=False, value=None, unit="supervised fraction", bound="some training example",
+                           message="the trainer kept 0 tokenized training rows: nothing was trained on")  # fmt: skip
     raw = artifact.data.raw_train
-    fractions, empty, outside, leaked = [], [], [], []
+    fractions, empty, outside, leaked, unlocated = [], [], [], [], []
     for index, row in enumerate(rows):
         ids = list(row["input_ids"])
         if "labels" in row:
@@ -71,9 +74,12 @@ def label_masking(ctx: CheckContext, params: LabelMaskingParams) -> Measurement:
             empty.append(index)
         if not params.min_fraction <= fraction <= params.max_fraction:
             outside.append(index)
-        if scope != "all" and raw is not None and index < len(raw):
-            prompt = common_prefix(_prompt_ids(tokenizer, spec, raw[index]), ids)
-            if any(supervised[:prompt]):
+        if scope != "all":
+            has_raw = raw is not None and index < len(raw)
+            prompt = common_prefix(_prompt_ids(tokenizer, spec, raw[index]), ids) if has_raw else 0
+            if not prompt:  # the prompt is not where the row starts: its mask cannot be read
+                unlocated.append(index)
+            elif any(supervised[:prompt]):
                 leaked.append(index)
     problems = []
     if empty:
@@ -88,6 +94,9 @@ def label_masking(ctx: CheckContext, params: LabelMaskingParams) -> Measurement:
         )
     if leaked:
         problems.append(f"the loss is {scope} but {len(leaked)} examples train on prompt tokens, e.g. #{leaked[0]}")
+    if unlocated and len(unlocated) == len(rows):  # issue 26: "prompt masked" over no prompt token
+        problems.append(f"the loss is {scope} but no example starts with its prompt's tokens: the prompt mask is "
+                        "unchecked")  # fmt: skip
     mean = sum(fractions) / len(fractions) if fractions else 0.0
     ctx.metrics["supervised_fraction"] = {"value": mean, "unit": "fraction"}  # returned in the Measurement (issue 14)
     return Measurement(
@@ -95,9 +104,11 @@ def label_masking(ctx: CheckContext, params: LabelMaskingParams) -> Measurement:
         bound=f"every example in [{params.min_fraction}, {params.max_fraction}], none empty"
         + ("" if scope == "all" else ", prompt masked"),
         message="; ".join(problems) or f"{len(rows)} examples, supervised share {min(fractions):.3f}-"
-        f"{max(fractions):.3f} (mean {mean:.3f}), loss {scope}",
+        f"{max(fractions):.3f} (mean {mean:.3f}), loss {scope}"
+        + (f"; prompt not found in {len(unlocated)} examples (mask unchecked there)" if unlocated else ""),
         details={"min": min(fractions, default=0.0), "max": max(fractions, default=0.0), "empty": empty[:8],
-                 "outside": outside[:8], "prompt_supervised": leaked[:8], "loss": scope},
+                 "outside": outside[:8], "prompt_supervised": leaked[:8], "prompt_not_found": unlocated[:8],
+                 "loss": scope},
     )  # fmt: skip
 
 
@@ -142,6 +153,8 @@ def stops(ctx: CheckContext, params: StopsParams) -> Measurement:
     tokenizer = artifact.data.tokenizer
     rows = artifact.data.raw_eval if artifact.data.raw_eval is not None else artifact.data.raw_train
     prompts = [p for p, _ in held_out_prompts(rows, tokenizer, spec, params.samples)]
+    if not prompts:  # issue 26: a rate over no prompt
+        raise NotApplicable(f"no held-out prompt to generate from in {spec.eval_split or spec.split!r}")
     kwargs = {"max_new_tokens": params.max_new_tokens, "device": artifact.device}
     key = ("stops", tuple(prompts), params.max_new_tokens)
     if key not in artifact.base.memo:  # the base is shared by every method of the suite
@@ -167,6 +180,13 @@ class CanaryParams(CheckParams):
     )
     batch_size: int = Field(2, ge=1, le=64, description="Copies of the canary per step.")
     require_stop: bool = Field(True, description="The generation must end with EOS right after the target.")
+
+    @field_validator("target")
+    @classmethod
+    def _a_word(cls, value: str) -> str:
+        if not value.strip():  # issue 26: an empty target is reproduced by any generation that stops
+            raise ValueError(f"got {value!r}, the target needs a word to reproduce")
+        return value
 
 
 @register_check("canary", params=CanaryParams)

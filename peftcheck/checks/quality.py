@@ -111,10 +111,11 @@ def _generate(
 
 def _greedy_agreement(
     model: Any, tokenizer: Any, prompts: list[str], completions: list[tuple[str, list[int]]], *, device: str
-) -> tuple[float, str | None]:
+) -> tuple[float | None, str | None]:
     """Share of generated tokens that are the argmax of one teacher-forced forward pass over
     prompt + completion, and where the first disagreement is: generate() must decode what
-    the model's forward pass computes (adapter included)."""
+    the model's forward pass computes (adapter included). None when no token was generated:
+    there is nothing to agree on (issue 26: not 1.0)."""
     import torch
 
     was_training = model.training
@@ -133,7 +134,7 @@ def _greedy_agreement(
         if first is None and not all(hits):
             first = f"prompt {index}, token {hits.index(False)}"
     model.train(was_training)
-    return (agree / total if total else 1.0), first
+    return (agree / total if total else None), first
 
 
 def _scores(predictions: list[str], references: list[str] | None) -> dict[str, float]:
@@ -173,6 +174,9 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     else:
         pairs = [split_prompt(t, params.prompt_fraction) for t in held_out_texts(ctx, params.samples)]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
+    if not prompts:  # issue 26: scores over no generation would pass every bound
+        data = ctx.suite.spec.data
+        raise NotApplicable(f"no held-out prompt to generate from in {data.eval_split or data.split!r}")
     if references is None and SCORES[metric][2]:
         raise NotApplicable(f"metric {params.metric!r} needs references; give `references` or use distinct_1/2")
     tokenizer, device = artifact.base.tokenizer, artifact.device
@@ -194,7 +198,12 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
         problems.append(f"{params.metric} {score:.4f} > {params.max}")
     if params.max_drop is not None and base_score - score > params.max_drop:
         problems.append(f"{params.metric} fell {base_score:.4f} -> {score:.4f} (more than {params.max_drop})")
-    if agreement < min_agreement:
+    if agreement is None:
+        problems.append(
+            f"generate() produced no token for any of the {len(prompts)} prompts: its agreement with the "
+            "model's forward pass is unmeasured"
+        )
+    elif agreement < min_agreement:
         problems.append(
             f"generate() disagrees with the model's own forward pass: {agreement:.2f} of the generated "
             f"tokens are its greedy choice (< {min_agreement:g}; first at {diverges})"
@@ -203,7 +212,8 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
     for name, value in scores_after.items():
         metrics[f"generation_{name}"] = {"value": value, "unit": "score"}
         metrics[f"generation_{name}_before"] = {"value": scores_before[name], "unit": "score"}
-    metrics["generation_greedy_agreement"] = {"value": agreement, "unit": "fraction"}
+    if agreement is not None:
+        metrics["generation_greedy_agreement"] = {"value": agreement, "unit": "fraction"}
     refs = references or [None] * len(prompts)
     ctx.samples[:] = [
         {"prompt": p, "before": b, "after": a, "reference": r} for p, b, a, r in zip(prompts, before, after, refs)
@@ -222,6 +232,7 @@ def generation(ctx: CheckContext, params: GenerationParams) -> Measurement:
         details={
             "before": scores_before, "after": scores_after, "prompts": len(prompts),
             "greedy_agreement": agreement, "first_disagreement": diverges,
+            "empty_generations": sum(not new for _, new in generated),
         },  # fmt: skip
     )
 

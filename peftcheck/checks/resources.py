@@ -178,6 +178,8 @@ def quantization_savings(ctx: CheckContext, params: QuantizationSavingsParams) -
         problems.append(f"saved {saved / 2**20:.1f} MiB, {ratio:.3f} x the {should_save / 2**20:.1f} MiB {quantization} should save")
     if bad_adapter:
         problems.append(f"adapter weights not in {params.adapter_dtypes}: {dict(list(bad_adapter.items())[:3])}")
+    if not adapter:  # issue 26: the dtype promise over no tensor
+        problems.append("no trainable adapter tensor: the adapter's dtypes are unchecked")
     _put(ctx, "quantization_saved_mib", saved / 2**20, "MiB")
     return Measurement(
         passed=not problems, value=ratio, bound=f"|saved / expected - 1| <= {params.margin:g}", unit="saved / expected",
@@ -249,7 +251,9 @@ def _phase_peaks(result: dict[str, Any]) -> dict[str, float]:
 def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
     """Peak memory growth per phase, measured in a child process per method, within bounds.
 
-    The value is the first phase's figure: of max_ratio if given (a ratio), else of max_mib."""
+    The value is the first phase's figure: of max_ratio if given (a ratio), else of max_mib. A
+    bounded phase that was not measured fails; one the method (or the reference) does not have is
+    not applicable, and the item too when that leaves no bound judged."""
     artifact = ctx.artifact()
     result = _peaks(artifact, params, ctx)
     own = _phase_peaks(result)
@@ -257,38 +261,56 @@ def peak_memory(ctx: CheckContext, params: PeakMemoryParams) -> Measurement:
     bounded = {*params.max_mib, *params.max_ratio}
     if bounded <= set(skipped):
         raise NotApplicable("; ".join(f"{k}: {skipped[k]}" for k in sorted(bounded)))
-    problems, bounds = [], []
-    value, unit = None, "MiB"
+    problems: list[str] = []
+    bounds: list[str] = []
+    unjudged: dict[str, None] = {}  # "phase (method): reason", in order, each once
+
+    def measured(phase: str, peaks: dict[str, float], reasons: dict[str, str], whose: str) -> bool:
+        # issue 26: a bound on a phase with no figure is never passed silently
+        if phase in peaks:
+            return True
+        if phase in reasons:
+            unjudged[f"{phase} ({whose}): {reasons[phase]}"] = None  # once, if both bounds name it
+        else:
+            problems.append(f"{phase} peak of {whose} was not measured (phases: {sorted(peaks)})")
+        return False
+
+    mib_value, ratio_value, unit = None, None, "MiB"
     for phase, limit in params.max_mib.items():
-        if phase in own:
+        if measured(phase, own, skipped, ctx.method):
             bounds.append(f"{phase} <= {limit:g} MiB")
-            value = own[phase] if value is None else value
+            mib_value = own[phase] if mib_value is None else mib_value
             if own[phase] > limit:
                 problems.append(f"{phase} peak {own[phase]:.1f} MiB > {limit:g} MiB")
     ref: dict[str, float] = {}
     if params.max_ratio and params.reference is not None:
-        ref = _phase_peaks(_peaks(ctx.other(params.reference), params))
-        mib_value, value = value, None  # a ratio bound is the value shown
+        ref_result = _peaks(ctx.other(params.reference), params)
+        ref = _phase_peaks(ref_result)
+        ref_skipped = {k: v["not_applicable"] for k, v in ref_result["phases"].items() if "not_applicable" in v}
         for phase, limit in params.max_ratio.items():
-            if phase not in own or phase not in ref:
+            if not (measured(phase, own, skipped, ctx.method) and measured(phase, ref, ref_skipped, params.reference)):
                 continue
             ratio = own[phase] / ref[phase] if ref[phase] > 0 else float("inf")
-            unit = f"ratio to {params.reference}"
-            _put(ctx, f"peak_{phase}_ratio_to_{params.reference}", ratio, unit)
+            _put(ctx, f"peak_{phase}_ratio_to_{params.reference}", ratio, f"ratio to {params.reference}")
             bounds.append(f"{phase} <= {limit:g} x {params.reference}")
-            value = ratio if value is None else value
+            ratio_value = ratio if ratio_value is None else ratio_value
             if ratio > limit:
                 problems.append(
                     f"{phase} peak {own[phase]:.1f} MiB is {ratio:.3f} x {params.reference}'s {ref[phase]:.1f} MiB > {limit:g}"
                 )
-    if value is None:  # every ratio-bounded phase was not applicable
-        value, unit = mib_value, "MiB"
+    if not bounds and not problems:  # every bound fell on a phase one of the two does not have
+        raise NotApplicable("no bounded phase measured: " + "; ".join(unjudged))
+    value = mib_value
+    if ratio_value is not None:  # a ratio bound is the value shown
+        value, unit = ratio_value, f"ratio to {params.reference}"
     where = "CUDA allocated" if result["device"] == "cuda" else "RSS growth"
     shown = ", ".join(f"{k} {v:.0f}" for k, v in own.items())
+    not_judged = f"; not judged: {'; '.join(unjudged)}" if unjudged else ""
     return Measurement(
-        passed=not problems, value=value, bound="; ".join(bounds), unit=unit,
-        message="; ".join(problems) or f"peaks within bounds ({where}, MiB: {shown})",
-        details={"peaks_mib": own, "reference_peaks_mib": ref, "not_applicable": skipped, "probe": result},
+        passed=not problems, value=value, bound="; ".join(bounds) or "no bounded phase measured", unit=unit,
+        message=("; ".join(problems) or f"peaks within bounds ({where}, MiB: {shown})") + not_judged,
+        details={"peaks_mib": own, "reference_peaks_mib": ref, "not_applicable": skipped, "not_judged": list(unjudged),
+                 "probe": result},
     )  # fmt: skip
 
 

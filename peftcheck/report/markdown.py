@@ -17,6 +17,7 @@ __all__ = ["render_markdown", "write_markdown", "md_text", "MAX_ROWS"]
 
 MAX_ROWS = 15  # per table; the HTML report has the rest
 MAX_TEXT = 180  # characters of one message
+MAX_FOLD = 10  # items listed under one group of items with one cause (issue 26); the HTML report lists all
 _SPECIAL = str.maketrans({
     "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
     "*": "\\*", "\\": "\\\\", "\r": " ", "\n": " ",
@@ -59,6 +60,7 @@ def _environment() -> jinja2.Environment:
         share=fmt.share,
         symbol=lambda outcome: fmt.SYMBOLS.get(outcome, "?"),
         status_symbol=lambda status: fmt.STATUS_SYMBOLS.get(status, status),
+        trusted=_Trusted,  # a macro's output: its own {{ }} went through md_text already
     )
     return env
 
@@ -66,7 +68,7 @@ def _environment() -> jinja2.Environment:
 def render_markdown(report: Report, *, html_path: str | None = None) -> str:
     """The summary; ``html_path`` is named as where the full report is."""
     template = _environment().get_template("summary.md.j2")
-    return template.render(report=report, html_path=html_path, max_rows=MAX_ROWS)
+    return template.render(report=report, html_path=html_path, max_rows=MAX_ROWS, max_fold=MAX_FOLD)
 
 
 def write_markdown(report: Report, path: str | os.PathLike[str], *, html_path: str | None = None) -> Path:

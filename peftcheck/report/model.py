@@ -16,6 +16,7 @@ from peftcheck.baseline import (
     UpdateNote,
     as_float,
 )
+from peftcheck.report.failures import Group, group
 from peftcheck.report.timing import MethodTiming, SlowItem, SuiteTiming, method_timing, seconds, slowest, suite_timing
 
 __all__ = [
@@ -114,6 +115,7 @@ class RunInfo:
     argv: Sequence[str]
     env: Mapping[str, Any]
     env_key: str
+    interrupted: str | None = None  # "interrupted: N of M items" for a killed or stopped run (issue 26)
 
     @property
     def label(self) -> str:
@@ -173,6 +175,7 @@ class Problem:
     what: str
     text: str
     anchor: str
+    cell: Cell | None = None  # the failing item behind the row: what failures.group keys on (issue 26)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +208,21 @@ class Report:
     slowest: list[SlowItem]
 
     @property
+    def regression_groups(self) -> list[Group[Problem]]:
+        """The regressions' rows: newly failing items with one cause share one (issue 26)."""
+        return group(self.regressions, lambda p: p.cell)
+
+    @property
+    def failure_groups(self) -> list[Group[Problem]]:
+        """The failing items' rows: items with one cause share one (issue 26)."""
+        return group(self.failures, lambda p: p.cell)
+
+    @property
     def status(self) -> Literal["passed", "failed", "empty"]:
         if self.counts.total == 0 and not self.suites:
             return "empty"
-        return "failed" if self.regressions or self.failures else "passed"
+        # a run that did not reach all its items is not a pass, however its finished items went
+        return "failed" if self.regressions or self.failures or any(r.interrupted for r in self.runs) else "passed"
 
     @property
     def hint(self) -> str:
@@ -308,6 +322,18 @@ def _method(
     )
 
 
+def _interrupted(session: Mapping[str, Any], end: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str | None:
+    """A journal (its session line counts the items) without its end line is a killed run; an end
+    line says whether the run was stopped. Records put together elsewhere have neither."""
+    if (end and not end.get("interrupted")) or (not end and "items" not in session):
+        return None
+    items = end.get("items") if isinstance(end.get("items"), Mapping) else {}
+    finished = items.get("finished", len({r.get("nodeid") for r in records if r.get("kind") == "check"}))
+    collected = items.get("collected", session.get("items"))
+    how = "stopped" if end else "killed: no end record"
+    return f"interrupted: {finished} of {collected or '?'} items ({how})"
+
+
 def _run(index: int, source: str, records: Sequence[Mapping[str, Any]], store: BaselineStore | None,
          several: bool) -> tuple[RunInfo, list[SuiteReport]]:
     from peftcheck.baseline import env_key
@@ -318,7 +344,8 @@ def _run(index: int, source: str, records: Sequence[Mapping[str, Any]], store: B
     env = dict(end.get("env") or session.get("env") or {})
     if methods and methods[0].get("env"):
         env = {**env, **methods[0]["env"]}  # the device is only known once torch is imported
-    run = RunInfo(index, source, session.get("started"), session.get("argv") or [], env, env_key(env))
+    run = RunInfo(index, source, session.get("started"), session.get("argv") or [], env, env_key(env),
+                  _interrupted(session, end, records))
     order: dict[str, dict[str, None]] = {}
     by_method: dict[tuple[str, str], Mapping[str, Any]] = {}
     checks: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -359,14 +386,14 @@ def _problems(suites: Sequence[SuiteReport]) -> tuple[list[Problem], list[Proble
             for cell in m.cells.values():
                 if cell.newly_failing:
                     regressions.append(Problem("newly failing", suite.title, m.method, cell.check,
-                                               cell.message, cell.anchor))
+                                               cell.message, cell.anchor, cell))
                 elif cell.outcome in BAD:
                     # no_regression's own lines are already the regressions listed above
                     text = cell.message
                     if cell.check == "no_regression" and cell.message and m.metrics:
                         text = cell.message.splitlines()[0].rstrip(":") + "; listed above"
                     failures.append(Problem(cell.outcome, suite.title, m.method, cell.check,  # type: ignore[arg-type]
-                                            text, cell.anchor))
+                                            text, cell.anchor, cell))
     return regressions, failures
 
 

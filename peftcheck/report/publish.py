@@ -46,10 +46,17 @@ class Published:
                     lines.append(f"  {suite.title}: no baseline yet")
                 elif not suite.baseline.exact:
                     lines.append(f"  {suite.title}: {suite.baseline.note}")
-        for problem in report.regressions[:MAX_LINES]:
-            lines.append(f"REGRESSION {problem.suite}::{problem.method}::{problem.what}: {problem.text.splitlines()[0]}")
-        if len(report.regressions) > MAX_LINES:
-            lines.append(f"...and {len(report.regressions) - MAX_LINES} more regression(s) in the report")
+        groups = report.regression_groups  # newly failing items with one cause: one line (issue 26)
+        for g in groups[:MAX_LINES]:
+            p = g.head
+            if g.single:
+                lines.append(f"REGRESSION {p.suite}::{p.method}::{p.what}: {p.text.splitlines()[0]}")
+            else:
+                first = g.first.nodeid if g.first is not None else ""
+                lines.append(f"REGRESSION {g.count} items {p.kind} with one {g.noun}: "
+                             f"{(g.message.splitlines() or [''])[0]} (first: {first or '?'})")
+        if hidden := sum(g.count for g in groups[MAX_LINES:]):
+            lines.append(f"...and {hidden} more regression(s) in the report")
         if self.html:
             lines.append(f"report: {self.html}")
         if self.summary:

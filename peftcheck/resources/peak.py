@@ -196,7 +196,7 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     spec = SuiteSpec.model_validate(request["spec"])
     name, steps = request["method"], int(request["steps"])
     mspec, base_dir = spec.methods[name], Path(request["path"]).parent
-    source = models.resolve_model(spec.model, base_dir=base_dir)
+    source = models.resolve_model(spec.model, base_dir=base_dir, trust_remote_code=spec.trust_remote_code)
     device = models.pick_device(spec.device)
     _preimport(source, mspec.quantization)
     config = methods.build_config(mspec, name=name, max_steps=steps)

@@ -63,7 +63,8 @@ def test_validate_builds_what_it_validates(
     assert path.read_text().splitlines()[number - 1].strip().startswith(f"{key}:")
     good = {**method, **{"r": 8, "use_dora": True, "group_size": 32, "target_modules": ["q_proj"]}}
     good = {k: v for k, v in good.items() if k in method}
-    assert main(["validate", str(write(tmp_path, tiny_suite({"lora": good}), "good.yaml"))]) == 0
+    good_suite = tiny_suite({"lora": good}, expect={"trainable_ratio": {}})
+    assert main(["validate", str(write(tmp_path, good_suite, "good.yaml"))]) == 0
 
 
 def test_validate_says_which_adapters_methods_it_could_not_check(
@@ -72,10 +73,26 @@ def test_validate_says_which_adapters_methods_it_could_not_check(
     from peftcheck.methods import adapterhub as adapters
 
     monkeypatch.setattr(adapters, "is_adapters_available", lambda: False)
-    path = write(tmp_path, tiny_suite({"houlsby": {"backend": "adapters", "config": "double_seq_bn"}}))
+    path = write(tmp_path, tiny_suite({"houlsby": {"backend": "adapters", "config": "double_seq_bn"}},
+                                      expect={"trainable_ratio": {}}))
     assert main(["validate", str(path)]) == 0  # the suite is fine; its items skip where adapters is missing
     err = capsys.readouterr().err
     assert "methods.houlsby: not checked here: adapters is not installed" in err
+
+
+@pytest.mark.parametrize(("expect", "method_expect", "why"), [
+    ({}, {}, "no check is named, under `expect` or a method's `expect`"),
+    ({"trainable_ratio": False}, {}, "every check it names is turned off (false) for every method"),
+    ({"trainable_ratio": {}}, {"trainable_ratio": False}, "every check it names is turned off"),
+])  # fmt: skip
+def test_validate_refuses_a_suite_that_checks_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      expect: dict, method_expect: dict, why: str) -> None:
+    suite = tiny_suite({"lora": {**LORA, "expect": method_expect}}, expect=expect)
+    path = write(tmp_path, suite)
+    assert main(["validate", str(path)]) == 1  # issue 26: it said "ok"
+    err = capsys.readouterr().err
+    line = yaml.safe_dump(suite, sort_keys=False).splitlines().index("expect: {}" if not expect else "expect:") + 1
+    assert f"{path}:{line} expect: the suite yields no check item: {why}" in err and "Traceback" not in err
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

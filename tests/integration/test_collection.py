@@ -78,6 +78,16 @@ def test_bad_suite_gives_one_located_message(pytester: pytest.Pytester, monkeypa
     assert "Traceback" not in output and 'File "' not in output, output
 
 
+def test_a_suite_that_checks_nothing_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    suite = tiny_suite({"lora": LORA}, expect={"trainable_ratio": False})
+    pytester.makefile(".yaml", tiny=yaml.safe_dump(suite, sort_keys=False))
+    result = pytester.runpytest("-q", "-p", "no:peftcheck_report")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error, not "no tests ran" (rc 5; issue 26)
+    result.stdout.fnmatch_lines(["tiny.yaml:* expect: the suite yields no check item: every check it names is "
+                                 "turned off (false) for every method"])  # fmt: skip
+    assert "Traceback" not in result.stdout.str()
+
+
 def test_run_writes_records(pytester: pytest.Pytester) -> None:
     suite = tiny_suite({"lora": LORA}, expect={"trainable_ratio": {"max": 0.5}, "loss_decrease": {"min_relative": 0.9}})
     suite["train"]["max_steps"] = 3

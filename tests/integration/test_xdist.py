@@ -122,6 +122,11 @@ def test_two_workers_equal_a_serial_run(pytester: pytest.Pytester, monkeypatch: 
     seen = set((pytester.path / "devices.txt").read_text(encoding="utf-8").split())
     assert seen and seen <= {"gw0=4", "gw1=6"}, seen  # set in each worker before CUDA could initialise
     assert "xdist" not in serial_records[0]
+    # issue 22: each worker on its share of the cores, not all of them
+    from peftcheck.xdist import worker_threads
+
+    threads = {r["env"]["torch_threads"] for r in xdist_records if r["kind"] == "method" and r.get("env")}
+    assert threads == {worker_threads(2)}, threads
 
 
 def test_an_explicit_dist_is_respected(pytester: pytest.Pytester) -> None:

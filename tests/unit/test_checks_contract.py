@@ -291,3 +291,45 @@ def test_adapter_name_must_differ_from_default(sound: Any) -> None:
         run_check(pipeline, loaded, "lora", "adapter_name_invariance", adapter_name="default")
     renamed = run_check(pipeline, loaded, "lora", "adapter_name_invariance", adapter_name="second")
     assert renamed.passed and renamed.details["counts"] == {"default": 2048, "second": 2048}
+
+
+def test_renamed_adapter_with_nothing_trainable_under_either_name_is_caught(
+    sound: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peft
+
+    pipeline, loaded = sound
+    pipeline.artifact(loaded, "lora")  # trained before the plant
+    real = peft.get_peft_model
+
+    def planted(model: Any, config: Any, adapter_name: str = "default", **kwargs: Any) -> Any:
+        wrapped = real(model, config, adapter_name=adapter_name, **kwargs)
+        for param in wrapped.parameters():  # planted defect: the rebuilt method trains nothing, under any name
+            param.requires_grad_(False)
+        return wrapped
+
+    monkeypatch.setattr(peft, "get_peft_model", planted)
+    measurement = run_check(pipeline, loaded, "lora", "adapter_name_invariance")
+    # issue 26: 0 == 0 trainable parameters and no tensor differing passed
+    assert not measurement.passed and measurement.details["counts"] == {"default": 0, "other": 0}
+    assert "no trainable tensor under 'default' or 'other'" in measurement.message
+
+
+def test_inference_load_of_an_adapter_with_nothing_trainable_is_caught(
+    sound: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, loaded = sound
+    artifact = pipeline.artifact(loaded, "lora")
+    trainable = [p for p in artifact.model.parameters() if p.requires_grad]
+    _patch_load(monkeypatch, lambda model, is_trainable: [p.requires_grad_(False) for p in model.parameters()])
+    monkeypatch.setitem(artifact.record, "trainable_params", 0)
+    try:
+        for param in trainable:  # planted: the trained adapter and its reload train nothing
+            param.requires_grad_(False)
+        measurement = run_check(pipeline, loaded, "lora", "inference_load")
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
+    # issue 26: 0 trainable after is_trainable=True equalled the 0 expected and passed
+    assert not measurement.passed and measurement.details["trainable_count"] == 0
+    assert "the trained adapter has no trainable parameter" in measurement.message

@@ -83,6 +83,20 @@ def test_unfrozen_base_weight_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
     assert not count.passed and "analytic" in count.message
 
 
+def test_parameter_checks_over_nothing_do_not_pass(sound: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 26: an empty target list read "0 entries matched", an empty base "0 tensors unchanged"
+    from peftcheck.checks import NotApplicable
+
+    pipeline, loaded = sound
+    monkeypatch.setattr(peftcheck.methods, "coverage_targets", lambda config: [])
+    with pytest.raises(NotApplicable, match="names no entry to match"):
+        run_check(pipeline, loaded, "lora", "target_coverage")
+    artifact = pipeline.artifact(loaded, "lora")
+    monkeypatch.setattr(type(artifact.base.training_source), "named_parameters", lambda self, *a, **k: iter(()))
+    frozen = run_check(pipeline, loaded, "lora", "base_frozen")
+    assert not frozen.passed and "nothing was checked" in frozen.message
+
+
 def test_ratio_bound_is_enforced(sound: Any) -> None:
     pipeline, loaded = sound
     measurement = run_check(pipeline, loaded, "lora", "trainable_ratio", max=1e-6)

@@ -178,6 +178,12 @@ OTHER_TYPES = {  # other peft types: presence and shapes come from peft itself (
     "lokr": ("LoKrConfig", {"r": 4, "target_modules": ["q_proj", "v_proj"], "init_weights": False}, []),
     # VeRA saves its shared projections beside the per-layer vectors; lambda_b starts at zero
     "vera": ("VeraConfig", {"r": 8, "target_modules": ["q_proj", "k_proj"]}, ["vera_lambda_b"]),
+    # issue 26: the token rows' originals are a buffer peft does not save (not a missing tensor), and
+    # the lm_head copy is saved under lm_head's own name
+    "trainable_tokens": ("TrainableTokensConfig", {"target_modules": ["embed_tokens"], "token_indices": [1, 2, 3]}, []),
+    "lora_copies": ("LoraConfig", {"r": 4, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False,
+                                   "modules_to_save": ["lm_head"], "trainable_token_indices": {"embed_tokens": [1, 2]}},
+                    []),
 }
 
 

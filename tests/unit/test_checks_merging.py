@@ -230,3 +230,18 @@ def test_quantized_base_is_judged_by_distribution_agreement() -> None:
     metrics = measurement.metrics
     assert {"merge_kl", "merge_top1_agreement"} <= set(metrics)
     assert run_check(pipeline, loaded, "nf4", "disable_equals_base").passed
+
+
+def test_a_nan_base_weight_is_the_furthest_off_not_skipped() -> None:
+    import copy
+
+    from peftcheck.checks.outputs import weight_diff
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    other = copy.deepcopy(reference)
+    with torch.no_grad():
+        other[1].weight[0, 0] = float("nan")  # planted: an unmerge that leaves a NaN in a base weight
+    # issue 26: NaN > worst is False, so the tensor was skipped and the residue read 0
+    assert weight_diff(reference, other) == (float("inf"), "1.weight", [])
+    assert weight_diff(reference, copy.deepcopy(reference)) == (0.0, None, [])

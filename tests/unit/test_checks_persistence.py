@@ -146,3 +146,67 @@ def test_adapter_equal_to_base_cannot_pass_the_reload() -> None:
                 param.zero_()
     measurement = run_check(pipeline, loaded, "lora", "save_load_roundtrip")
     assert not measurement.passed and "the reload proves nothing" in measurement.message
+
+
+# -- modules_to_save and trainable tokens (issue 26) ---------------------------------------------
+
+COPIES = {
+    "lm_head_copy": {**LORA, "modules_to_save": ["lm_head"]},
+    "token_rows": {**LORA, "trainable_token_indices": {"embed_tokens": [1, 2, 3]}},
+}
+
+
+@pytest.fixture(scope="module")
+def copies() -> Any:
+    """LoRA on tiny-llama (untied embeddings) with a trained lm_head copy, and with trained token rows."""
+    return quiet_pipeline(), load(tiny_suite(COPIES, model="tiny-llama"))
+
+
+@pytest.mark.parametrize("method", list(COPIES))
+def test_a_trained_copy_saved_under_the_base_modules_name_is_not_a_base_weight(copies: Any, method: str) -> None:
+    # peft saves the modules_to_save copy as base_model.model.lm_head.weight, the base module's name
+    pipeline, loaded = copies
+    measurement = run_check(pipeline, loaded, method, "save_load_roundtrip")
+    assert measurement.passed, measurement.message
+    assert not measurement.details["base_weights_leaked"]
+    assert measurement.details["tensors_saved"] == measurement.details["tensors_expected"]
+    if method == "lm_head_copy":
+        base = pipeline.artifact(loaded, method).base.model
+        saved = pipeline.artifact(loaded, method).model.base_model.model.lm_head.modules_to_save["default"].weight
+        assert not torch.equal(saved, base.lm_head.weight)  # trained: the copy is not the base's tensor
+
+
+def test_a_frozen_base_weight_beside_a_modules_to_save_copy_is_caught(
+    copies: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, loaded = copies
+    base = pipeline.artifact(loaded, "lm_head_copy").base.model
+
+    def add_base(state: dict[str, Any]) -> dict[str, Any]:
+        # planted defect: a frozen base weight saved beside the lm_head copy
+        state["base_model.model.model.embed_tokens.weight"] = base.get_input_embeddings().weight.detach().clone()
+        return state
+
+    _patch_state_dict(monkeypatch, add_base)
+    measurement = run_check(pipeline, loaded, "lm_head_copy", "save_load_roundtrip")
+    assert not measurement.passed
+    assert measurement.details["base_weights_leaked"] == ["base_model.model.model.embed_tokens.weight"]
+    assert "1 base weight(s) in the adapter checkpoint" in measurement.message
+
+
+def test_the_frozen_base_weight_saved_in_place_of_the_trained_copy_is_caught(
+    copies: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, loaded = copies
+    base = pipeline.artifact(loaded, "lm_head_copy").base.model
+
+    def swap(state: dict[str, Any]) -> dict[str, Any]:
+        # planted defect: the original lm_head saved under the copy's key instead of the trained copy
+        state["base_model.model.lm_head.weight"] = base.lm_head.weight.detach().clone()
+        return state
+
+    _patch_state_dict(monkeypatch, swap)
+    measurement = run_check(pipeline, loaded, "lm_head_copy", "save_load_roundtrip")
+    assert not measurement.passed
+    assert measurement.details["base_weights_leaked"] == ["base_model.model.lm_head.weight"]
+    assert measurement.details["wrong_value"] == ["base_model.model.lm_head.weight"]

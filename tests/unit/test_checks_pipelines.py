@@ -54,6 +54,7 @@ def test_completion_only_mask_passes_on_both_trainers(prompt_completion: Any, me
     masking = run_check(pipeline, loaded, method, "label_masking", min_fraction=0.3, max_fraction=0.9)
     assert masking.passed, masking.message
     assert masking.details["loss"] == "completion_only" and not masking.details["prompt_supervised"]
+    assert not masking.details["prompt_not_found"]  # every row's prompt located: the mask was read
     record = pipeline.artifact(loaded, method).record
     assert record["trainer"] == ("sft" if method == "lora_sft" else "hf")
     assert [step for step, _ in record["loss_curve"]] == list(range(1, 9))  # every step, both trainers
@@ -73,6 +74,45 @@ def test_label_masking_catches_an_unmasked_prompt(prompt_completion: Any) -> Non
         artifact.train.train_dataset = sound
     assert not measurement.passed
     assert "the loss is completion_only but 24 examples train on prompt tokens" in measurement.message
+
+
+def test_label_masking_that_cannot_find_any_prompt_fails(prompt_completion: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted: the prompt as the check tokenizes it starts no training row (another tokenization
+    than training's), over rows whose prompt is unmasked: the prompt mask was read over zero
+    tokens and passed (issue 26)."""
+    import peftcheck.checks.pipelines as pipelines
+
+    pipeline, loaded = prompt_completion
+    artifact = pipeline.artifact(loaded, "lora")
+    sound = artifact.train.train_dataset
+    monkeypatch.setattr(pipelines, "_prompt_ids", lambda tokenizer, spec, row: [-1])
+    try:
+        artifact.train.train_dataset = sound.map(lambda row: {"labels": row["input_ids"]})
+        measurement = run_check(pipeline, loaded, "lora", "label_masking")
+    finally:
+        artifact.train.train_dataset = sound
+    assert not measurement.passed
+    assert "no example starts with its prompt's tokens: the prompt mask is unchecked" in measurement.message
+    assert measurement.details["prompt_not_found"] == list(range(8))  # the first 8 of 24, as listed
+
+
+def test_stops_without_a_held_out_prompt_is_not_applicable(prompt_completion: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import peftcheck.data
+    from peftcheck.checks import NotApplicable
+
+    pipeline, loaded = prompt_completion
+    monkeypatch.setattr(peftcheck.data, "held_out_prompts", lambda *args: [])  # planted: an eval split of no row
+    with pytest.raises(NotApplicable, match="no held-out prompt to generate from in 'train\\[-8:\\]'"):
+        run_check(pipeline, loaded, "lora", "stops")  # issue 26: 0 / 0 prompts raised ZeroDivisionError
+
+
+@pytest.mark.parametrize("target", ["", "  "])
+def test_canary_with_nothing_to_reproduce_is_a_suite_error(target: str) -> None:
+    from peftcheck.errors import SuiteError
+
+    # issue 26: any generation that stops at once "reproduces" an empty target
+    with pytest.raises(SuiteError, match="the target needs a word to reproduce"):
+        load(tiny_suite({"lora": LORA}, expect={"canary": {"target": target}}))
 
 
 def _eos_logit(artifact: Any, value: float) -> Any:

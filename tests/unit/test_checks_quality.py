@@ -154,3 +154,42 @@ def test_forgetting_needs_unrelated_text() -> None:
     loaded = load(tiny_suite({"lora": LORA}))
     with pytest.raises(NotApplicable, match="no unrelated text"):
         run_check(quiet_pipeline(), loaded, "lora", "forgetting")
+
+
+# -- nothing generated, nothing to prompt with (issue 26) ------------------------------------------
+
+
+def test_greedy_agreement_over_no_generated_token_is_unmeasured_not_one() -> None:
+    import torch
+
+    from peftcheck.checks.quality import _greedy_agreement
+
+    model = torch.nn.Linear(1, 1)  # never called: there is no generated token to teacher-force
+    assert _greedy_agreement(model, None, ["a prompt", "another"], [("", []), ("", [])], device="cpu") == (None, None)
+
+
+def test_generation_that_generates_no_token_fails(sound: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import peftcheck.checks.quality as quality
+
+    def nothing(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, device: str) -> Any:
+        return [], torch.empty(0, 1)  # planted defect: generate() returns the prompt alone
+
+    monkeypatch.setattr(quality, "greedy", nothing)
+    pipeline, loaded = sound
+    # max_new_tokens 5: no other test's base generations are memoised under it
+    measurement = run_check(pipeline, loaded, "lora", "generation", samples=3, max_new_tokens=5, max_drop=None)
+    assert not measurement.passed
+    assert "generate() produced no token for any of the 3 prompts" in measurement.message
+    assert measurement.details["greedy_agreement"] is None and measurement.details["empty_generations"] == 3
+    assert "generation_greedy_agreement" not in measurement.metrics
+
+
+def test_generation_without_a_held_out_prompt_is_not_applicable(sound: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import peftcheck.checks.quality as quality
+
+    monkeypatch.setattr(quality, "held_out_texts", lambda ctx, count: [])  # planted: no text of two words
+    pipeline, loaded = sound
+    with pytest.raises(NotApplicable, match="no held-out prompt to generate from in 'train\\[-16:\\]'"):
+        run_check(pipeline, loaded, "lora", "generation", samples=3, max_new_tokens=5, max_drop=None)

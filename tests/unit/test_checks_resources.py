@@ -201,6 +201,69 @@ def test_peak_memory_in_child_processes_catches_an_inflating_allocation(
     del parent_ballast
 
 
+def _peak_context(own: dict[str, Any], reference: dict[str, Any]) -> Any:
+    """A check context whose method and reference carry child-process results already (the memo
+    peak_memory reads first): phase -> MiB, or the reason the phase does not apply."""
+    import types
+
+    def result(phases: dict[str, Any]) -> dict[str, Any]:
+        figures = {k: {"not_applicable": v} if isinstance(v, str) else {"peak_mib": v} for k, v in phases.items()}
+        total = max(v for v in phases.values() if not isinstance(v, str))
+        return {"device": "cpu", "phases": figures, "total": {"peak_mib": total}}
+
+    artifacts = {name: types.SimpleNamespace(memo={"peak:2": result(phases)}) for name, phases in
+                 (("lora", own), ("prompt", reference))}  # fmt: skip
+    return types.SimpleNamespace(method="lora", metrics={}, artifact=lambda: artifacts["lora"],
+                                 other=lambda name: artifacts[name])  # fmt: skip
+
+
+PHASES = {"load": 40.0, "adapt": 1.0, "train_step": 20.0, "save": 2.0, "merge": 5.0}
+NO_MERGE = {**PHASES, "merge": "PromptTuningConfig has no weights to merge"}
+
+
+def test_a_ratio_bound_on_a_phase_the_reference_does_not_have_is_not_applicable() -> None:
+    from peftcheck.checks.resources import PeakMemoryParams, peak_memory
+
+    # the only bound falls on the reference's merge, which prompt tuning does not have: no figure
+    # to judge (issue 26: it passed with value None and an empty bound)
+    params = PeakMemoryParams(max_ratio={"merge": 1.5}, reference="prompt")
+    with pytest.raises(NotApplicable, match="merge \\(prompt\\): PromptTuningConfig has no weights to merge"):
+        peak_memory(_peak_context(PHASES, NO_MERGE), params)
+
+
+def test_a_bounded_phase_that_was_not_measured_fails() -> None:
+    from peftcheck.checks.resources import PeakMemoryParams, peak_memory
+
+    unsaved = {k: v for k, v in PHASES.items() if k != "save"}  # planted: the save phase left no figure
+    measurement = peak_memory(_peak_context(unsaved, PHASES), PeakMemoryParams(max_mib={"save": 10}))
+    assert not measurement.passed and measurement.value is None
+    assert "save peak of lora was not measured" in measurement.message
+
+
+def test_a_bound_left_unjudged_beside_a_judged_one_is_named() -> None:
+    from peftcheck.checks.resources import PeakMemoryParams, peak_memory
+
+    params = PeakMemoryParams(max_ratio={"merge": 1.5, "train_step": 2.0}, reference="prompt")
+    measurement = peak_memory(_peak_context(PHASES, NO_MERGE), params)
+    assert measurement.passed and measurement.value == 1.0 and measurement.bound == "train_step <= 2 x prompt"
+    assert measurement.details["not_judged"] == ["merge (prompt): PromptTuningConfig has no weights to merge"]
+    assert "not judged: merge (prompt)" in measurement.message
+
+
+def test_quantization_savings_with_no_trainable_adapter_tensor_says_so(quantized: Any) -> None:
+    pipeline, loaded = quantized
+    model = pipeline.artifact(loaded, "int8").model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for param in trainable:  # planted: nothing left to check the 16/32-bit promise on
+            param.requires_grad_(False)
+        measurement = run_check(pipeline, loaded, "int8", "quantization_savings")
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
+    assert not measurement.passed and "no trainable adapter tensor" in measurement.message
+
+
 # -- speed ---------------------------------------------------------------------------------------
 
 

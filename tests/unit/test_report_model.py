@@ -187,3 +187,20 @@ def test_the_slowest_items_come_longest_first() -> None:
     assert {i.run for i in report.slowest} == {None}
     several = build_report([("a", timed_run()), ("b", timed_run())])
     assert [i.run for i in several.slowest[:2]] == ["run 1", "run 2"]
+
+
+def test_a_journal_without_its_end_line_reads_as_killed(store: BaselineStore) -> None:
+    # issue 26: the results file is written as items finish; a kill leaves it without an end line
+    full = records("rerun")
+    session = {**full[0], "items": 40}
+    checks = [r for r in full if r["kind"] == "check"]
+    journal = [session, *[r for r in full if r["kind"] == "method"], *checks[:3]]
+    report = build_report([("killed", journal)], store=store)
+    assert report.runs[0].interrupted == "interrupted: 3 of 40 items (killed: no end record)"
+    assert report.status == "failed"  # a run that did not reach its items is not a pass
+    stopped = [*journal, {"kind": "end", "interrupted": True, "items": {"finished": 3, "collected": 40}}]
+    assert build_report([("stopped", stopped)], store=store).runs[0].interrupted == "interrupted: 3 of 40 items (stopped)"
+    finished = [*journal, {"kind": "end", "interrupted": False, "items": {"finished": 3, "collected": 3}}]
+    assert build_report([("done", finished)], store=store).runs[0].interrupted is None
+    assembled = [r for r in journal if r["kind"] != "session"]  # records put together elsewhere (a replay)
+    assert build_report([("replay", assembled)], store=store).runs[0].interrupted is None
