@@ -57,8 +57,11 @@ def _checks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _run_until(project: Path, checks: int, sig: int, *extra: str) -> subprocess.CompletedProcess[str]:
     """Start the run, send ``sig`` once ``checks`` items are on disk, and wait for it to end."""
     results = project / "results.jsonl"
+    # SIGINT as a terminal delivers it: a job a non-interactive shell starts in the background (a CI
+    # script's `cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen(_command(*extra), cwd=project, env=_env(project), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 600
     while len(_checks(_lines(results))) < checks:
         assert process.poll() is None, f"the run ended before {checks} items:\n{process.stdout.read()}"  # type: ignore[union-attr]
